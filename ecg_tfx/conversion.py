@@ -1,0 +1,305 @@
+"""Conversion of a record source into sharded TFRecords and a manifest (the engine behind `convert`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import time
+from collections import Counter
+
+import tensorflow as tf
+from absl import logging
+
+from ecg_tfx import labels, schema, shards, splits, storage, transform
+from ecg_tfx.records import ALL_LEADS, STANDARD12, RecordRef, canonical_lead, standard_order
+from ecg_tfx.sources import SourceError
+
+MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionConfig:
+    """Everything that decides the output (and so must match for a run to resume or be reused)."""
+
+    source: str = "synthetic"
+    input_dir: str = ""
+    labels: str = ""  # label preset; '' = the source's default
+    min_class_records: int = 0
+    sample_rate: int = 500
+    leads: str = "auto"
+    window_seconds: float = 10.0
+    window_stride_seconds: float = 0.0  # 0 = the window length (no overlap)
+    short_records: str = "pad"  # 'pad' or 'skip'
+    split: str = "0.8,0.1,0.1"
+    split_by: str = "auto"  # 'auto' (the source's folds if it has them), 'folds' or 'patients'
+    seed: int = 0
+    ptbxl_resolution: int = 500
+    synthetic_patients: int = 100
+    synthetic_records_per_patient: int = 3
+    synthetic_duration_s: float = 20.0
+    synthetic_sample_rate: float = 500.0
+    max_records: int = 0  # 0 = all; otherwise the first N records (by record_id), for quick trials
+    compression: str = "NONE"
+    shard_size_mb: float = 100.0
+    max_failure_fraction: float = 0.5
+
+
+class ConversionError(RuntimeError):
+    """The run cannot go on; the message says why."""
+
+
+def make_source(config: ConversionConfig):
+    """The record source the config names."""
+    if config.source == "synthetic":
+        from ecg_tfx.sources.synthetic import SyntheticSource
+
+        return SyntheticSource(config.synthetic_patients, config.synthetic_records_per_patient,
+                               config.synthetic_duration_s, config.synthetic_sample_rate, config.seed)
+    if not config.input_dir:
+        raise SourceError(f"--source={config.source} needs --input_dir (the database folder)")
+    if config.source == "ptb":
+        from ecg_tfx.sources.ptb import PTBSource
+
+        return PTBSource(config.input_dir)
+    if config.source == "ptbxl":
+        from ecg_tfx.sources.ptbxl import PTBXLSource
+
+        return PTBXLSource(config.input_dir, config.ptbxl_resolution)
+    raise SourceError(f"unknown source {config.source!r}")
+
+
+def resolve_leads(spec: str, refs: list[RecordRef]) -> tuple[str, ...]:
+    """Lead names from --leads: a comma list, 'standard12', 'all', or 'auto' (leads every record has)."""
+    if spec == "standard12":
+        return STANDARD12
+    if spec == "all":
+        return ALL_LEADS
+    if spec == "auto":
+        common = set.intersection(*(set(ref.leads) for ref in refs)) if refs else set()
+        if not common:
+            raise ConversionError("--leads=auto: the selected records share no lead")
+        return tuple(standard_order(common))
+    return tuple(canonical_lead(name) for name in spec.split(","))
+
+
+def _skip(ref: RecordRef, reason: str, stage: str) -> dict:
+    return {"record_id": ref.record_id, "path": ref.path, "reason": reason, "stage": stage}
+
+
+def select(config: ConversionConfig, refs: list[RecordRef], preset: labels.LabelPreset
+           ) -> tuple[list[shards.Item], tuple[str, ...], tuple[str, ...], list[dict]]:
+    """Chooses records and classes by the label preset; returns items, vocabulary, leads and the skipped."""
+    skipped: list[dict] = []
+    items: list[shards.Item] = []
+    for ref in refs:
+        classes = preset.to_classes(ref.labels)
+        if classes:
+            items.append(shards.Item(ref, classes))
+        else:
+            raw = ", ".join(ref.labels) or "none"
+            skipped.append(_skip(ref, f"labels ({raw}) not in preset {preset.name}", "label"))
+    per_class = Counter(name for item in items for name in item.classes)
+    rare = {name for name, n in per_class.items() if n < config.min_class_records}
+    if rare:
+        logging.info("folding out rare classes (< %d records): %s", config.min_class_records,
+                     {name: per_class[name] for name in sorted(rare)})
+        kept = []
+        for item in items:
+            classes = tuple(name for name in item.classes if name not in rare)
+            if classes:
+                kept.append(dataclasses.replace(item, classes=classes))
+            else:
+                reason = f"class {item.classes[0]} has fewer than {config.min_class_records} records"
+                skipped.append(_skip(item.ref, reason, "label"))
+        items = kept
+    vocabulary = preset.classes or tuple(sorted({name for item in items for name in item.classes}))
+    vocabulary = tuple(name for name in vocabulary if name not in rare)
+    leads = resolve_leads(config.leads, [item.ref for item in items])
+    with_leads = []
+    for item in items:
+        missing = [name for name in leads if name not in item.ref.leads]
+        if missing:
+            skipped.append(_skip(item.ref, f"record lacks leads {','.join(missing)}", "leads"))
+        else:
+            with_leads.append(item)
+    return with_leads, vocabulary, leads, skipped
+
+
+def window_plan(config: ConversionConfig, leads: tuple[str, ...], vocabulary: tuple[str, ...]
+                ) -> transform.WindowPlan:
+    window = round(config.window_seconds * config.sample_rate)
+    stride = round((config.window_stride_seconds or config.window_seconds) * config.sample_rate)
+    return transform.WindowPlan(leads, config.sample_rate, window, stride, config.short_records == "pad", vocabulary)
+
+
+def assign_splits(config: ConversionConfig, items: list[shards.Item]) -> dict[str, list[shards.Item]]:
+    """Patient-wise splits: the source's own folds (PTB-XL strat_fold) or a stratified group split."""
+    use_folds = config.split_by == "folds" or (
+        config.split_by == "auto" and items and all(item.ref.fold is not None for item in items))
+    if use_folds:
+        names = [splits.FOLD_SPLITS[item.ref.fold] for item in items]
+    else:
+        names = splits.stratified_patient_split(
+            [item.ref.patient_id for item in items], ["|".join(item.classes) for item in items],
+            splits.parse_fractions(config.split), config.seed)
+    return {split: [item for item, name in zip(items, names, strict=True) if name == split]
+            for split in splits.SPLITS}
+
+
+_worker_progress = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _worker_progress
+    _worker_progress = progress_queue
+
+
+def _write_in_worker(args) -> dict:
+    task, source, plan, output_dir = args
+    return shards.write(task, source, plan, output_dir, on_record=lambda: _worker_progress.put(1))
+
+
+def _run_tasks(tasks: list[shards.ShardTask], source, plan, output_dir: str, num_workers: int,
+               on_done) -> list[dict]:
+    """Writes every shard, in this process or in `num_workers` processes; reports progress per record."""
+    progress = tf.keras.utils.Progbar(sum(len(t.items) for t in tasks), unit_name="record")
+    if num_workers <= 1 or len(tasks) <= 1:
+        results = []
+        for task in tasks:
+            results.append(shards.write(task, source, plan, output_dir, on_record=lambda: progress.add(1)))
+            on_done(results)
+        return results
+    context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
+    queue = context.SimpleQueue()
+    with context.Pool(min(num_workers, len(tasks)), initializer=_init_worker, initargs=(queue,)) as pool:
+        pending = [pool.apply_async(_write_in_worker, ((task, source, plan, output_dir),)) for task in tasks]
+        results: list[dict] = []
+        while pending:
+            while not queue.empty():
+                progress.add(queue.get())
+            for job in [job for job in pending if job.ready()]:
+                pending.remove(job)
+                results.append(job.get())
+                on_done(results)
+            time.sleep(0.05)
+        while not queue.empty():
+            progress.add(queue.get())
+    return results
+
+
+def _prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> dict | None:
+    """Checks the output folder; returns the manifest if this exact conversion is already complete."""
+    storage.enable_filesystem(output_dir)
+    manifest_path = storage.join(output_dir, MANIFEST)
+    config_path = storage.join(output_dir, shards.PROGRESS_DIR, "config.json")
+    existing = None
+    if tf.io.gfile.exists(manifest_path):
+        existing = storage.read_json(manifest_path)["config"]
+    elif tf.io.gfile.exists(config_path):
+        existing = storage.read_json(config_path)
+    elif tf.io.gfile.exists(output_dir) and tf.io.gfile.glob(storage.join(output_dir, "*.tfrecord*")):
+        existing = {"unknown": "TFRecords from another run"}
+    if existing is not None and existing != recorded:
+        if not overwrite:
+            changed = sorted(k for k in set(existing) | set(recorded) if existing.get(k) != recorded.get(k))
+            raise ConversionError(f"{output_dir} holds a conversion made with other flags ({', '.join(changed)}); "
+                                  "pass --overwrite to replace it")
+        for pattern in ("*.tfrecord*", MANIFEST, shards.PROGRESS_DIR):
+            for path in tf.io.gfile.glob(storage.join(output_dir, pattern)):
+                (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
+        existing = None
+    if existing is not None and tf.io.gfile.exists(manifest_path):
+        return storage.read_json(manifest_path)
+    tf.io.gfile.makedirs(storage.join(output_dir, shards.PROGRESS_DIR))
+    storage.write_json(config_path, recorded)
+    return None
+
+
+def _check_failures(failed: int, total: int, limit: float, final: bool) -> None:
+    if total and failed / total > limit and (final or total >= 20):
+        raise ConversionError(f"{failed} of {total} records failed (> --max_failure_fraction={limit}); "
+                              "see the log for each path and reason")
+
+
+def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwrite: bool = False) -> dict:
+    """Converts the configured source into `output_dir`; resumes an interrupted run. Returns the manifest."""
+    recorded = dataclasses.asdict(config)
+    done = _prepare_output(output_dir, recorded, overwrite)
+    if done is not None:
+        logging.info("%s already holds this conversion; nothing to do", output_dir)
+        return done
+    source = make_source(config)
+    preset = labels.get_preset(config.source, config.labels or None)
+    refs, failures = source.refs()
+    if config.max_records:
+        refs = refs[: config.max_records]
+    if not refs and not failures:
+        raise SourceError(f"no records found in {config.input_dir or config.source}")
+    skipped = [{"record_id": "", "path": error.path, "reason": error.reason, "stage": "read"} for error in failures]
+    for entry in skipped:
+        logging.warning("skipping %s: %s", entry["path"], entry["reason"])
+    total = len(refs) + len(failures)
+    _check_failures(len(failures), total, config.max_failure_fraction, final=False)
+    items, vocabulary, leads, label_skipped = select(config, refs, preset)
+    plan = window_plan(config, leads, vocabulary)
+    too_short = [item for item in items if plan.window_count(round(item.ref.duration_s * plan.sample_rate_hz)) == 0]
+    skipped += label_skipped + [_skip(item.ref, f"shorter than one window ({item.ref.duration_s:g} s)", "length")
+                                for item in too_short]
+    items = [item for item in items if item not in too_short]
+    if not items:
+        raise ConversionError("no record is left to convert (see the skipped records above)")
+    tasks = [task for split, members in assign_splits(config, items).items()
+             for task in shards.plan(split, members, plan, config.shard_size_mb * 1e6, config.compression)]
+    results = [stats for task in tasks if (stats := shards.finished(output_dir, task)) is not None]
+    if results:
+        logging.info("resuming: %d of %d shards already complete", len(results), len(tasks))
+    reused = {stats["file"] for stats in results}
+
+    def check(progress: list[dict]) -> None:
+        failed = len(failures) + sum(1 for s in progress for e in s["skipped"])
+        _check_failures(failed, len(failures) + sum(s["records"] + len(s["skipped"]) for s in progress),
+                        config.max_failure_fraction, final=False)
+
+    results += _run_tasks([t for t in tasks if t.filename not in reused], source, plan, output_dir,
+                          num_workers, check)
+    read_failures = len(failures) + sum(len(s["skipped"]) for s in results)
+    _check_failures(read_failures, total, config.max_failure_fraction, final=True)
+    manifest = _manifest(config, preset, plan, tasks, results, skipped)
+    storage.write_json(storage.join(output_dir, MANIFEST), manifest)
+    tf.io.gfile.rmtree(storage.join(output_dir, shards.PROGRESS_DIR))
+    return manifest
+
+
+def _manifest(config, preset, plan, tasks, results, skipped) -> dict:
+    by_file = {stats["file"]: stats for stats in results}
+    split_summary = {}
+    for split in splits.SPLITS:
+        stats = [by_file[t.filename] for t in tasks if t.split == split]
+        patients = sorted({p for s in stats for p in s["patient_ids"]})
+        split_summary[split] = {
+            "examples": sum(s["examples"] for s in stats),
+            "records": sum(s["records"] for s in stats),
+            "patients": len(patients),
+            "patient_ids": patients,
+            "class_examples": dict(sum((Counter(s["class_examples"]) for s in stats), Counter())),
+            "class_records": dict(sum((Counter(s["class_records"]) for s in stats), Counter())),
+            "shards": [{"file": s["file"], "examples": s["examples"], "sha256": s["sha256"]} for s in stats],
+        }
+    read_skipped = [entry for t in tasks for entry in by_file[t.filename]["skipped"]]
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "source": config.source,
+        "config": dataclasses.asdict(config),
+        "label_preset": preset.name,
+        "multi_label": preset.multi_label,
+        "labels": list(plan.labels),
+        "leads": list(plan.leads),
+        "sample_rate_hz": plan.sample_rate_hz,
+        "window_samples": plan.window_samples,
+        "stride_samples": plan.stride_samples,
+        "compression": config.compression,
+        "padded_records": sum(by_file[t.filename]["padded"] for t in tasks),
+        "splits": split_summary,
+        "skipped": skipped + read_skipped,
+        "skipped_counts": dict(Counter(entry["stage"] for entry in skipped + read_skipped)),
+    }

@@ -1,0 +1,108 @@
+"""The TFRecord schema: the one place that knows feature keys and how a window is (de)serialized.
+
+Each example is one window of one record: the signal as raw little-endian float32 bytes in
+millivolts with its shape [time, leads], the lead names, the sample rate, the labels (ids into the
+run's vocabulary and their names), and where the window came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+SCHEMA_VERSION = 1
+
+SIGNAL = "ecg/signal"
+SHAPE = "ecg/shape"
+LEADS = "ecg/leads"
+SAMPLE_RATE = "ecg/sample_rate_hz"
+LABEL_IDS = "label/ids"
+LABEL_NAMES = "label/names"
+RECORD_ID = "record_id"
+PATIENT_ID = "patient_id"
+WINDOW_INDEX = "window_index"
+
+
+def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+
+
+def _ints(values: Sequence[int]) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+
+def make_example(
+    signal: np.ndarray,
+    leads: Sequence[str],
+    sample_rate_hz: float,
+    label_ids: Sequence[int],
+    label_names: Sequence[str],
+    record_id: str,
+    patient_id: str,
+    window_index: int,
+) -> bytes:
+    """Serializes one window ([time, leads] float32 millivolts) as a tf.train.Example."""
+    signal = np.ascontiguousarray(signal, dtype="<f4")
+    features = {
+        SIGNAL: _bytes([signal.tobytes()]),
+        SHAPE: _ints(signal.shape),
+        LEADS: _bytes([lead.encode() for lead in leads]),
+        SAMPLE_RATE: tf.train.Feature(float_list=tf.train.FloatList(value=[sample_rate_hz])),
+        LABEL_IDS: _ints(label_ids),
+        LABEL_NAMES: _bytes([name.encode() for name in label_names]),
+        RECORD_ID: _bytes([record_id.encode()]),
+        PATIENT_ID: _bytes([patient_id.encode()]),
+        WINDOW_INDEX: _ints([window_index]),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def feature_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
+    """The parsing spec for `tf.io.parse_example`; labels are variable length (multi-label)."""
+    return {
+        SIGNAL: tf.io.FixedLenFeature([], tf.string),
+        SHAPE: tf.io.FixedLenFeature([2], tf.int64),
+        LEADS: tf.io.VarLenFeature(tf.string),
+        SAMPLE_RATE: tf.io.FixedLenFeature([], tf.float32),
+        LABEL_IDS: tf.io.VarLenFeature(tf.int64),
+        LABEL_NAMES: tf.io.VarLenFeature(tf.string),
+        RECORD_ID: tf.io.FixedLenFeature([], tf.string),
+        PATIENT_ID: tf.io.FixedLenFeature([], tf.string),
+        WINDOW_INDEX: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def parse_examples(serialized: tf.Tensor, window_samples: int, num_leads: int) -> dict[str, tf.Tensor]:
+    """Parses a batch of serialized examples (TF ops only) into dense tensors.
+
+    Returns `signal` float32 [batch, window_samples, num_leads], `label_ids` as a RaggedTensor,
+    and `record_id`, `patient_id`, `window_index`.
+    """
+    parsed = tf.io.parse_example(serialized, feature_spec())
+    signal = tf.io.decode_raw(parsed[SIGNAL], tf.float32, little_endian=True)
+    signal = tf.reshape(signal, [-1, window_samples, num_leads])
+    return {
+        "signal": signal,
+        "label_ids": tf.RaggedTensor.from_sparse(parsed[LABEL_IDS]),
+        "record_id": parsed[RECORD_ID],
+        "patient_id": parsed[PATIENT_ID],
+        "window_index": parsed[WINDOW_INDEX],
+    }
+
+
+def decode_example(serialized: bytes) -> dict:
+    """Decodes one serialized example into numpy/python values (for tests, tools and audits)."""
+    feature = tf.train.Example.FromString(serialized).features.feature
+    shape = tuple(feature[SHAPE].int64_list.value)
+    return {
+        "signal": np.frombuffer(feature[SIGNAL].bytes_list.value[0], dtype="<f4").reshape(shape),
+        "leads": [v.decode() for v in feature[LEADS].bytes_list.value],
+        "sample_rate_hz": feature[SAMPLE_RATE].float_list.value[0],
+        "label_ids": list(feature[LABEL_IDS].int64_list.value),
+        "label_names": [v.decode() for v in feature[LABEL_NAMES].bytes_list.value],
+        "record_id": feature[RECORD_ID].bytes_list.value[0].decode(),
+        "patient_id": feature[PATIENT_ID].bytes_list.value[0].decode(),
+        "window_index": feature[WINDOW_INDEX].int64_list.value[0],
+    }

@@ -1,0 +1,117 @@
+"""Shards: planned up front from record metadata, each written whole by one worker.
+
+A shard is a contiguous run of records of one split, so its bytes depend only on the flags and the
+data, never on the number of workers or the order they finish in. A finished shard is published by
+rename, with a small stats file beside it so an interrupted run can reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import tensorflow as tf
+from absl import logging
+
+from ecg_tfx import storage, transform
+from ecg_tfx.records import RecordRef
+
+PROGRESS_DIR = ".progress"
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """A record chosen for conversion, with its classes."""
+
+    ref: RecordRef
+    classes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    split: str
+    index: int
+    count: int
+    items: tuple[Item, ...]
+    compression: str
+
+    @property
+    def filename(self) -> str:
+        suffix = ".tfrecord.gz" if self.compression == "GZIP" else ".tfrecord"
+        return f"{self.split}-{self.index:05d}-of-{self.count:05d}{suffix}"
+
+
+def plan(split: str, items: list[Item], window_plan: transform.WindowPlan, shard_bytes: float, compression: str
+         ) -> list[ShardTask]:
+    """Groups a split's items (in record_id order) into shards of about `shard_bytes` (uncompressed)."""
+    groups: list[list[Item]] = []
+    size = 0.0
+    for item in sorted(items, key=lambda it: it.ref.record_id):
+        samples = round(item.ref.duration_s * window_plan.sample_rate_hz)
+        estimate = max(1, window_plan.window_count(samples)) * window_plan.example_bytes()
+        if not groups or (size + estimate > shard_bytes and groups[-1]):
+            groups.append([])
+            size = 0.0
+        groups[-1].append(item)
+        size += estimate
+    return [ShardTask(split, i, len(groups), tuple(group), compression) for i, group in enumerate(groups)]
+
+
+def stats_path(output_dir: str, task: ShardTask) -> str:
+    return storage.join(output_dir, PROGRESS_DIR, task.filename + ".json")
+
+
+def finished(output_dir: str, task: ShardTask) -> dict | None:
+    """The stats of a shard a previous run completed, or None."""
+    path = stats_path(output_dir, task)
+    if tf.io.gfile.exists(path) and tf.io.gfile.exists(storage.join(output_dir, task.filename)):
+        return storage.read_json(path)
+    return None
+
+
+def write(task: ShardTask, source, window_plan: transform.WindowPlan, output_dir: str, on_record=None) -> dict:
+    """Converts a shard's records and publishes the shard; a broken record is reported and skipped."""
+    examples: Counter[str] = Counter()
+    records: Counter[str] = Counter()
+    patients: set[str] = set()
+    skipped: list[dict] = []
+    padded = 0
+    total = 0
+    path = storage.join(output_dir, task.filename)
+    with storage.tfrecord_writer(path, task.compression) as writer:
+        for item in task.items:
+            try:
+                record = source.load(item.ref)
+                serialized = transform.record_examples(record, item.classes, window_plan)
+            except Exception as error:  # one bad record must not stop the run
+                reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+                logging.warning("skipping %s: %s", item.ref.path or item.ref.record_id, reason)
+                skipped.append({"record_id": item.ref.record_id, "path": item.ref.path, "reason": reason,
+                                "stage": "read"})
+                serialized = []
+            for example in serialized:
+                writer.write(example)
+            total += len(serialized)
+            if serialized:
+                patients.add(item.ref.patient_id)
+                padded += len(record.signal) * window_plan.sample_rate_hz < (
+                    window_plan.window_samples * record.sample_rate_hz)
+                for name in item.classes:
+                    examples[name] += len(serialized)
+                    records[name] += 1
+            if on_record is not None:
+                on_record()
+    stats = {
+        "file": task.filename,
+        "split": task.split,
+        "examples": total,
+        "class_examples": dict(sorted(examples.items())),
+        "class_records": dict(sorted(records.items())),
+        "patient_ids": sorted(patients),
+        "skipped": skipped,
+        "padded": padded,
+        "records": len(task.items) - len(skipped),
+        "sha256": storage.sha256(path),
+    }
+    storage.write_json(stats_path(output_dir, task), stats)
+    return stats

@@ -1,0 +1,22 @@
+"""Record sources. Each source lists cheap `RecordRef`s and loads one `Record` at a time.
+
+A source is a small picklable object (it crosses process boundaries to the conversion workers):
+
+    refs() -> list[RecordRef]     every record, sorted by record_id; raises SourceError on a bad folder
+    load(ref) -> Record           the signal in mV; raises RecordError(path, reason) on a broken record
+"""
+
+from __future__ import annotations
+
+
+class SourceError(ValueError):
+    """The source as a whole cannot be read (missing or empty folder, missing index file)."""
+
+
+class RecordError(ValueError):
+    """One record cannot be read; carries its path and the reason."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

@@ -1,0 +1,91 @@
+"""File I/O through `tf.io.gfile`, so local paths, gs:// and (with tensorflow-io) s3:// all work.
+
+Every output appears whole or not at all: it is written under a temporary name, then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import tensorflow as tf
+
+_FILESYSTEM_MODULES = {"s3": "tensorflow_io", "hdfs": "tensorflow_io", "az": "tensorflow_io"}
+
+
+def enable_filesystem(path: str) -> None:
+    """Registers the filesystem a URL needs (s3:// comes from tensorflow-io), or explains why it cannot."""
+    scheme = path.split("://", 1)[0] if "://" in path else ""
+    module = _FILESYSTEM_MODULES.get(scheme)
+    if module is None:
+        return
+    try:
+        tfio = __import__(module)
+        tfio.experimental  # noqa: B018 - touching the module loads its filesystem plugins
+        tf.io.gfile.exists(path)
+    except Exception as error:  # the native library fails to load on TF releases it was not built for
+        raise RuntimeError(
+            f"{scheme}:// paths need tensorflow-io's filesystems, which did not load with TensorFlow "
+            f"{tf.__version__} ({type(error).__name__}: {error}). Use the pinned versions in pyproject.toml "
+            "(tensorflow-io 0.37.1 loads with TensorFlow 2.16-2.17 only)."
+        ) from error
+
+
+def join(*parts: str) -> str:
+    """Joins path parts; works for URLs too."""
+    return os.path.join(*parts)
+
+
+def temporary_name(path: str) -> str:
+    """A sibling name for writing `path` before the rename that publishes it."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:12]}")
+
+
+def publish(tmp_path: str, path: str) -> None:
+    """Moves a finished temporary file into place (replacing any older copy)."""
+    tf.io.gfile.rename(tmp_path, path, overwrite=True)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes a whole file atomically."""
+    tmp = temporary_name(path)
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    publish(tmp, path)
+
+
+def write_json(path: str, value: object) -> None:
+    """Writes JSON atomically, keys sorted, so equal content gives equal bytes."""
+    write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str) -> dict:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return json.loads(f.read())
+
+
+@contextmanager
+def tfrecord_writer(path: str, compression: str) -> Iterator[tf.io.TFRecordWriter]:
+    """Yields a TFRecordWriter on a temporary name; publishes the file only if the block succeeds."""
+    tmp = temporary_name(path)
+    try:
+        with tf.io.TFRecordWriter(tmp, tf.io.TFRecordOptions(compression_type=compression)) as writer:
+            yield writer
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+        raise
+    publish(tmp, path)
+
+
+def sha256(path: str, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
