@@ -210,6 +210,8 @@ def _prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> dict | 
         existing = None
     if existing is not None and tf.io.gfile.exists(manifest_path):
         return storage.read_json(manifest_path)
+    for stale in tf.io.gfile.glob(storage.join(output_dir, ".*.tmp-*")):  # left by a killed run
+        tf.io.gfile.remove(stale)
     tf.io.gfile.makedirs(storage.join(output_dir, shards.PROGRESS_DIR))
     storage.write_json(config_path, recorded)
     return None

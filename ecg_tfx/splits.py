@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,6 +39,8 @@ def stratified_patient_split(
     patients = len(set(patient_ids))
     if patients < folds:
         raise ValueError(f"{patients} patients are too few for a {fractions} split ({folds} patient folds)")
+    if max(Counter(strata).values()) < folds:  # too few records to stratify: still split by patient
+        strata = ["all"] * len(strata)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     fold_split = np.repeat(SPLITS, [round(f * folds) for f in fractions])
     assigned = [""] * len(patient_ids)

@@ -73,8 +73,9 @@ def read_json(path: str) -> dict:
 def tfrecord_writer(path: str, compression: str) -> Iterator[tf.io.TFRecordWriter]:
     """Yields a TFRecordWriter on a temporary name; publishes the file only if the block succeeds."""
     tmp = temporary_name(path)
+    options = tf.io.TFRecordOptions(compression_type="" if compression == "NONE" else compression)
     try:
-        with tf.io.TFRecordWriter(tmp, tf.io.TFRecordOptions(compression_type=compression)) as writer:
+        with tf.io.TFRecordWriter(tmp, options) as writer:
             yield writer
     except BaseException:
         if tf.io.gfile.exists(tmp):

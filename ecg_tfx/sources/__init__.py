@@ -2,7 +2,8 @@
 
 A source is a small picklable object (it crosses process boundaries to the conversion workers):
 
-    refs() -> list[RecordRef]     every record, sorted by record_id; raises SourceError on a bad folder
+    refs() -> (list[RecordRef], list[RecordError])   every readable record sorted by record_id, and the
+                                  records whose metadata is broken; raises SourceError on a bad folder
     load(ref) -> Record           the signal in mV; raises RecordError(path, reason) on a broken record
 """
 
