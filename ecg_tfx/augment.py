@@ -1,9 +1,9 @@
-"""Random training augmentations of raw ECG batches, in stock TF ops (training input pipeline only).
+"""Random training augmentations of ECG batches, in stock TF ops (training input pipeline only).
 
-Order: apply `augment` to the raw millivolt signal BEFORE `preprocessing.preprocess`. Gain changes, electrode
-noise, respiration wander and a lost electrode all happen to the physical signal, so the model's own filter
-and standardization must then cope with them exactly as they would at serving time (e.g. the high-pass
-removes most of the added wander, a dropped lead standardizes to zeros like any flat lead).
+Order: the input pipeline applies `augment` AFTER `preprocessing.preprocess` and after the cache, so the
+costly filter runs once per window rather than once per epoch. Amplitudes (noise, wander) are therefore in
+standardized units (1.0 = one standard deviation of the lead), and a dropped lead is zero like a flat lead
+after standardization. Augmentation is for training only; serving never sees it.
 
 Randomness is stateless: the same `seed` gives the same augmentation, so runs are reproducible. In a
 `tf.data` pipeline pass a different seed per element or batch, e.g.
@@ -28,8 +28,8 @@ class AugmentConfig:
     crop_samples: int | None = None  # random crop to this many samples (None: keep the length)
     max_shift_samples: int = 0  # random time shift in [-max, max], edge samples repeated into the gap
     scale_range: tuple[float, float] | None = (0.9, 1.1)  # per-example gain, uniform (None or (1, 1): off)
-    noise_std_mv: float = 0.0  # white Gaussian noise std (mV)
-    wander_amplitude_mv: float = 0.0  # max amplitude of an added low-frequency sinusoid per lead (mV)
+    noise_std: float = 0.0  # white Gaussian noise std (standardized units)
+    wander_amplitude: float = 0.0  # max amplitude of an added low-frequency sinusoid per lead (standardized units)
     wander_freq_hz: tuple[float, float] = (0.05, 0.5)  # wander frequency range (respiration, movement)
     lead_dropout: float = 0.0  # probability that each lead of each example is zeroed
     sample_rate_hz: float = 500.0  # rate of the signal `augment` receives (for the wander frequency)
@@ -37,8 +37,8 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.crop_samples is not None and self.crop_samples <= 0:
             raise ValueError(f"crop_samples must be positive, got {self.crop_samples}")
-        if self.max_shift_samples < 0 or self.noise_std_mv < 0 or self.wander_amplitude_mv < 0:
-            raise ValueError("max_shift_samples, noise_std_mv and wander_amplitude_mv must be >= 0")
+        if self.max_shift_samples < 0 or self.noise_std < 0 or self.wander_amplitude < 0:
+            raise ValueError("max_shift_samples, noise_std and wander_amplitude must be >= 0")
         if not 0.0 <= self.lead_dropout < 1.0:
             raise ValueError(f"lead_dropout must be in [0, 1), got {self.lead_dropout}")
         if self.scale_range is not None and not 0 < self.scale_range[0] <= self.scale_range[1]:
@@ -61,10 +61,10 @@ def augment(signal: tf.Tensor, config: AugmentConfig, seed: int | tf.Tensor | No
     if config.scale_range is not None and config.scale_range != (1.0, 1.0):
         low, high = config.scale_range
         signal = signal * tf.random.stateless_uniform(tf.stack([batch, 1, 1]), seeds[2], low, high)
-    if config.wander_amplitude_mv > 0:
+    if config.wander_amplitude > 0:
         signal = signal + baseline_wander(tf.shape(signal), config, seeds[3])
-    if config.noise_std_mv > 0:
-        signal = signal + tf.random.stateless_normal(tf.shape(signal), seeds[4], stddev=config.noise_std_mv)
+    if config.noise_std > 0:
+        signal = signal + tf.random.stateless_normal(tf.shape(signal), seeds[4], stddev=config.noise_std)
     if config.lead_dropout > 0:
         keep = tf.random.stateless_uniform(tf.stack([batch, 1, leads]), seeds[5]) >= config.lead_dropout
         signal = signal * tf.cast(keep, tf.float32)
@@ -103,7 +103,7 @@ def baseline_wander(shape: tf.Tensor, config: AugmentConfig, seed: tf.Tensor) ->
     freq_seed, amp_seed, phase_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     low, high = config.wander_freq_hz
     freq = tf.random.stateless_uniform(tf.stack([batch, 1, 1]), freq_seed, low, high)
-    amplitude = tf.random.stateless_uniform(tf.stack([batch, 1, leads]), amp_seed, 0.0, config.wander_amplitude_mv)
+    amplitude = tf.random.stateless_uniform(tf.stack([batch, 1, leads]), amp_seed, 0.0, config.wander_amplitude)
     phase = tf.random.stateless_uniform(tf.stack([batch, 1, leads]), phase_seed, 0.0, 2 * math.pi)
     seconds = tf.cast(tf.range(time), tf.float32)[None, :, None] / config.sample_rate_hz
     return amplitude * tf.sin(2 * math.pi * freq * seconds + phase)

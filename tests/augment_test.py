@@ -54,13 +54,13 @@ def test_scale_is_one_gain_per_example_within_range() -> None:
 
 def test_noise_has_requested_std_and_zero_mean() -> None:
     x = signal(batch=4, length=5000)
-    noise = augment(x, AugmentConfig(noise_std_mv=0.05, scale_range=None), seed=6).numpy() - x
+    noise = augment(x, AugmentConfig(noise_std=0.05, scale_range=None), seed=6).numpy() - x
     assert abs(noise.std() - 0.05) < 0.002 and abs(noise.mean()) < 0.002
 
 
 def test_wander_is_slow_bounded_sinusoid_per_lead() -> None:
     rate = 500.0
-    config = AugmentConfig(wander_amplitude_mv=0.8, wander_freq_hz=(0.1, 0.3), sample_rate_hz=rate, scale_range=None)
+    config = AugmentConfig(wander_amplitude=0.8, wander_freq_hz=(0.1, 0.3), sample_rate_hz=rate, scale_range=None)
     x = np.zeros((4, 5000, 12), np.float32)
     wander = augment(x, config, seed=7).numpy()
     assert np.abs(wander).max() <= 0.8 and wander.std() > 0.1
@@ -79,7 +79,7 @@ def test_lead_dropout_zeroes_whole_leads_at_rate() -> None:
 
 
 def test_seeded_is_reproducible_and_seeds_differ() -> None:
-    config = AugmentConfig(crop_samples=500, max_shift_samples=20, noise_std_mv=0.1, lead_dropout=0.2)
+    config = AugmentConfig(crop_samples=500, max_shift_samples=20, noise_std=0.1, lead_dropout=0.2)
     x = signal()
     np.testing.assert_array_equal(augment(x, config, seed=1).numpy(), augment(x, config, seed=1).numpy())
     assert not np.array_equal(augment(x, config, seed=1).numpy(), augment(x, config, seed=2).numpy())
@@ -87,7 +87,7 @@ def test_seeded_is_reproducible_and_seeds_differ() -> None:
 
 
 def test_works_in_tf_data_map_with_per_batch_seeds() -> None:
-    config = AugmentConfig(crop_samples=400, noise_std_mv=0.1, wander_amplitude_mv=0.5)
+    config = AugmentConfig(crop_samples=400, noise_std=0.1, wander_amplitude=0.5)
     x = signal(batch=6)
     dataset = (
         tf.data.Dataset.from_tensor_slices(x)
