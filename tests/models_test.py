@@ -1,0 +1,184 @@
+"""Tests for ecg_tfx.models: shapes, probabilities, mixed precision, training, features, export to TFLite."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ecg_tfx.models import MODELS, build_model
+from ecg_tfx.models.features import FEATURE_NAMES, build_feature_extractor
+
+RATE = 100.0
+WINDOW = 256
+
+
+@pytest.fixture
+def restore_policy():
+    """Restores the global dtype policy whatever the test sets."""
+    previous = keras.mixed_precision.global_policy()
+    yield
+    keras.mixed_precision.set_global_policy(previous)
+
+
+def _spike_train(bpm: float, rate: float, samples: int, leads: int, rng: np.random.Generator) -> np.ndarray:
+    """Z-scored [samples, leads] noise plus one-sample spikes at `bpm`, starting at a random phase."""
+    x = rng.normal(0.0, 0.05, (samples, leads))
+    period = rate * 60.0 / bpm
+    for t in np.arange(rng.uniform(0, period), samples, period):
+        x[int(t)] += 5.0
+    return ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+
+
+def _easy_problem(leads: int, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Class 0: noise only; class 1: noise + 75 bpm spikes. Balanced, shuffled."""
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 2
+    rng.shuffle(y)
+    x = np.stack(
+        [
+            _spike_train(75.0, RATE, WINDOW, leads, rng)
+            if label
+            else rng.normal(size=(WINDOW, leads)).astype(np.float32)
+            for label in y
+        ]
+    )
+    return x, y
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("leads", [1, 3, 12])
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_output_shape_and_probabilities(name: str, leads: int, multi_label: bool) -> None:
+    model = build_model(name, leads, 4, multi_label, RATE)
+    x = np.random.default_rng(1).normal(size=(3, WINDOW, leads)).astype(np.float32)
+    p = model(x, training=False).numpy()
+    assert p.shape == (3, 4)
+    assert np.all((p >= 0) & (p <= 1))
+    if not multi_label:
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_output_is_float32_under_mixed_precision(name: str, policy: str, restore_policy: None) -> None:
+    keras.mixed_precision.set_global_policy(policy)
+    model = build_model(name, 3, 2, False, RATE)
+    assert model.output.dtype == "float32"
+    p = model(np.random.default_rng(2).normal(size=(2, WINDOW, 3)).astype(np.float32), training=False)
+    assert p.dtype == tf.float32
+    np.testing.assert_allclose(p.numpy().sum(axis=1), 1.0, rtol=1e-5)
+    assert keras.mixed_precision.global_policy().name == policy  # the fixture, not the build, restores it
+
+
+def test_build_model_rejects_unknown_name_and_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("transformer", 12, 2, False, RATE)
+    with pytest.raises(ValueError):
+        build_model("cnn", 0, 2, False, RATE)
+
+
+def test_cnn_has_the_seed_layer_sequence_and_parameter_count() -> None:
+    model = build_model("cnn", 12, 2, False, RATE)
+    seq = [type(layer).__name__ for layer in model.layers[1:]]
+    conv_block = ["Conv1D", "BatchNormalization", "MaxPooling1D", "Dropout"]
+    dense_block = ["Dense", "BatchNormalization", "Dropout"]
+    expected = conv_block * 3 + ["Conv1D", "BatchNormalization", "GlobalAveragePooling1D", "Dropout"]
+    assert seq == expected + dense_block * 2 + ["Dense"]
+    convs = [(layer.filters, layer.kernel_size[0]) for layer in model.layers if isinstance(layer, keras.layers.Conv1D)]
+    assert convs == [(64, 15), (128, 10), (256, 5), (512, 3)]
+    dense = [layer.units for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert dense == [256, 128, 2]
+    assert model.count_params() == 821_314
+    assert build_model("cnn", 1, 2, False, RATE).count_params() == 810_754
+
+
+def test_resnet1d_matches_the_benchmark_parameter_count() -> None:
+    # PyTorch resnet1d_wang(input_channels=12, num_classes=5, kernel_size=5, lin_ftrs_head=[128]) has 473,349
+    # parameters (counted by hand from the reference code); BN moving statistics are not parameters there.
+    model = build_model("resnet1d", 12, 5, True, RATE)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 473_349
+    convs = [
+        (layer.filters, layer.kernel_size[0], layer.strides[0])
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Conv1D)
+    ]
+    assert convs == [
+        (128, 7, 1),
+        (128, 5, 1),
+        (128, 3, 1),
+        (128, 5, 2),
+        (128, 3, 1),
+        (128, 1, 2),
+        (128, 5, 2),
+        (128, 3, 1),
+        (128, 1, 2),
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_reduces_loss_on_an_easy_problem(name: str) -> None:
+    keras.utils.set_random_seed(0)
+    x, y = _easy_problem(leads=3)
+    model = build_model(name, 3, 2, False, RATE)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert history.history["loss"][1] < history.history["loss"][0]
+
+
+@pytest.mark.parametrize("rate", [100.0, 500.0])
+def test_heart_rate_feature_matches_spike_train(rate: float) -> None:
+    extractor = build_feature_extractor(12, rate)
+    rng = np.random.default_rng(3)
+    x = np.stack([_spike_train(bpm, rate, int(10 * rate), 12, rng) for bpm in (60.0, 120.0)])
+    features = extractor(x).numpy()
+    assert features.shape == (2, len(FEATURE_NAMES)) == (2, 12)
+    hr = features[:, FEATURE_NAMES.index("heart_rate_bpm")]
+    np.testing.assert_allclose(hr, [60.0, 120.0], atol=2.0)
+    rr = features[:, FEATURE_NAMES.index("rr_mean_s")]
+    np.testing.assert_allclose(rr, [1.0, 0.5], atol=0.02)
+    assert np.all(features[:, FEATURE_NAMES.index("rr_std_s")] < 0.01)  # perfectly regular
+    assert np.all(np.isfinite(features))
+
+
+def test_features_of_flat_signal_are_finite_and_report_no_rhythm() -> None:
+    features = build_feature_extractor(1, RATE)(np.zeros((1, WINDOW, 1), np.float32)).numpy()[0]
+    assert np.all(np.isfinite(features))
+    assert features[FEATURE_NAMES.index("heart_rate_bpm")] == 0.0
+
+
+def test_features_model_reloads_from_keras_file_without_custom_objects(tmp_path) -> None:
+    model = build_model("features", 12, 3, True, RATE, window_samples=WINDOW)
+    x = np.random.default_rng(4).normal(size=(2, WINDOW, 12)).astype(np.float32)
+    path = str(tmp_path / "features.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded(x).numpy(), model(x).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_saved_model_converts_to_tflite_builtins(name: str, tmp_path) -> None:
+    leads = 12
+    model = build_model(name, leads, 3, False, RATE)
+    module = tf.Module()
+    # Track the variables explicitly: tf.saved_model.save(keras_model) with TF 2.17/Keras 3 writes a graph the
+    # TFLite converter rejects ("ReadVariableOp: missing attribute 'value'"); `model.export()` does the same.
+    module.variables_to_save = [variable.value for variable in model.variables]
+    module.serve = tf.function(
+        lambda signal: model(signal, training=False),
+        input_signature=[tf.TensorSpec([1, WINDOW, leads], tf.float32, name="signal")],
+    )
+    saved = str(tmp_path / "saved")
+    tf.saved_model.save(module, saved, signatures={"serving_default": module.serve})
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert())
+    runner = interpreter.get_signature_runner("serving_default")
+    x = np.random.default_rng(5).normal(size=(1, WINDOW, leads)).astype(np.float32)
+    (got,) = runner(signal=x).values()
+    np.testing.assert_allclose(got, model(x, training=False).numpy(), atol=1e-4)
