@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from matplotlib import image
 
-from ecg_tfx import conversion, evaluate, schema
+from ecg_tfx import conversion, evaluation, schema
 from ecg_tfx.conversion import ConversionConfig
 from ecg_tfx.model_spec import ModelSpec
 from ecg_tfx.preprocessing import PreprocessConfig, preprocess
@@ -81,7 +81,7 @@ def test_evaluate_writes_consistent_metrics_and_figures(data, tmp_path):
     data_dir, manifest = data
     spec = make_spec(manifest)
     model = tiny_model(spec)
-    result = evaluate.evaluate(model, spec, data_dir, manifest, "test", str(tmp_path), batch_size=7)
+    result = evaluation.evaluate(model, spec, data_dir, manifest, "test", str(tmp_path), batch_size=7)
 
     for name in OUTPUTS:
         assert (tmp_path / name).stat().st_size > 0, name
@@ -118,7 +118,7 @@ def test_evaluate_writes_consistent_metrics_and_figures(data, tmp_path):
 def test_evaluate_multi_label(data, tmp_path):
     data_dir, manifest = data
     spec = make_spec(manifest, multi_label=True)
-    result = evaluate.evaluate(tiny_model(spec), spec, data_dir, manifest, "validation", str(tmp_path))
+    result = evaluation.evaluate(tiny_model(spec), spec, data_dir, manifest, "validation", str(tmp_path))
 
     assert result["records"] == manifest["splits"]["validation"]["records"]
     assert set(result["record"]["confusion_matrices"]) == set(spec.labels)
@@ -130,7 +130,7 @@ def test_evaluate_rejects_data_of_another_model(data, tmp_path):
     data_dir, manifest = data
     spec = dataclasses.replace(make_spec(manifest), labels=("normal", "other"))
     with pytest.raises(ValueError, match="labels: model"):
-        evaluate.evaluate(tiny_model(spec), spec, data_dir, manifest, "test", str(tmp_path))
+        evaluation.evaluate(tiny_model(spec), spec, data_dir, manifest, "test", str(tmp_path))
     assert not list(tmp_path.iterdir())
 
 
