@@ -30,7 +30,7 @@ _SYNTHETIC_PATIENTS = flags.DEFINE_integer("synthetic_patients", _DEFAULTS.synth
 _SYNTHETIC_RECORDS = flags.DEFINE_integer("synthetic_records_per_patient", _DEFAULTS.synthetic_records_per_patient,
                                           "", lower_bound=1)
 _SYNTHETIC_DURATION = flags.DEFINE_float("synthetic_duration_s", _DEFAULTS.synthetic_duration_s, "", lower_bound=1)
-_SYNTHETIC_RATE = flags.DEFINE_float("synthetic_sample_rate", _DEFAULTS.synthetic_sample_rate, "", lower_bound=50)
+_SYNTHETIC_RATE = flags.DEFINE_float("synthetic_sample_rate", _DEFAULTS.synthetic_sample_rate, "", lower_bound=100)
 _MAX_RECORDS = flags.DEFINE_integer("max_records", 0, "Convert only the first N records (0 = all).", lower_bound=0)
 _COMPRESSION = flags.DEFINE_enum("compression", "NONE", ["NONE", "GZIP"], "TFRecord compression.")
 _SHARD_SIZE_MB = flags.DEFINE_float("shard_size_mb", _DEFAULTS.shard_size_mb, "Target shard size (uncompressed).",

@@ -74,6 +74,15 @@ def _tpu_address() -> str | None:
     return os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
 
 
+def split_cpu(devices: int) -> None:
+    """Splits the CPU into `devices` logical devices (must run before TensorFlow initializes them).
+
+    Lets Mirrored training be run and tested on a machine without accelerators.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """A strategy from --strategy.
 
@@ -94,7 +103,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")

@@ -49,6 +49,15 @@ def class_weights(manifest: dict, labels: tuple[str, ...]) -> list[float]:
     return [total / (len(labels) * counts[name]) if counts.get(name) else 0.0 for name in labels]
 
 
+def batches_per_epoch(manifest: dict, split: str, spec: ModelSpec, batch_size: int, training: bool,
+                      drop_remainder: bool = False) -> int:
+    """Steps in one pass over a split: windows when training, sliding model inputs otherwise."""
+    examples = manifest["splits"][split]["examples"]
+    if not training:
+        examples *= 1 + (spec.window_samples - spec.input_samples) // spec.eval_stride_samples
+    return max(1, examples // batch_size if drop_remainder else -(-examples // batch_size))
+
+
 def _read(files: list[str], compression: str, training: bool, seed: int) -> tf.data.Dataset:
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
@@ -82,13 +91,15 @@ def make_dataset(
     weights: list[float] | None = None,
     drop_remainder: bool = False,
     with_record_ids: bool = False,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (signal [batch, input_samples, leads], target[, sample weight]).
 
     Training: examples shuffled, randomly cropped to the model input and augmented. Otherwise every
     window is cut into its sliding model inputs (so validation sees what the test-time average sees),
     unless `with_record_ids`, which yields whole windows with their record ids for evaluation.
-    `cache`: 'memory', '' (none) or a file path prefix.
+    `cache`: 'memory', '' (none) or a file path prefix. `repeat`: endless, for Keras with
+    `batches_per_epoch` steps (distributed Keras cannot stop on a dataset of unknown length).
     """
     if training and with_record_ids:
         raise ValueError("with_record_ids is for evaluation data")
@@ -118,7 +129,7 @@ def make_dataset(
         dataset = dataset.map(lambda x: (x["signal"], x["target"], _sample_weight(x["target"], class_weight)))
     else:
         dataset = dataset.map(lambda x: (x["signal"], x["target"]))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return (dataset.repeat() if repeat else dataset).prefetch(tf.data.AUTOTUNE)
 
 
 def _crops(window: dict[str, tf.Tensor], spec: ModelSpec) -> dict[str, tf.Tensor]:
