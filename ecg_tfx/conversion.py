@@ -223,13 +223,21 @@ def _check_failures(failed: int, total: int, limit: float, final: bool) -> None:
                               "see the log for each path and reason")
 
 
-def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwrite: bool = False) -> dict:
-    """Converts the configured source into `output_dir`; resumes an interrupted run. Returns the manifest."""
-    recorded = dataclasses.asdict(config)
-    done = _prepare_output(output_dir, recorded, overwrite)
-    if done is not None:
-        logging.info("%s already holds this conversion; nothing to do", output_dir)
-        return done
+@dataclasses.dataclass(frozen=True)
+class ConversionPlan:
+    """What a conversion will do, decided from metadata alone (shared by the local and the Beam runner)."""
+
+    source: object
+    preset: labels.LabelPreset
+    window: transform.WindowPlan
+    tasks: list[shards.ShardTask]  # every shard of every split, in split order
+    skipped: list[dict]  # records dropped before any signal is read (listing, labels, leads, length)
+    listing_failures: int  # records whose metadata could not be read
+    total: int  # records listed, readable or not
+
+
+def plan_conversion(config: ConversionConfig) -> ConversionPlan:
+    """Lists the source, selects records, classes and leads, splits by patient and plans the shards."""
     source = make_source(config)
     preset = labels.get_preset(config.source, config.labels or None)
     refs, failures = source.refs()
@@ -252,21 +260,33 @@ def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwri
         raise ConversionError("no record is left to convert (see the skipped records above)")
     tasks = [task for split, members in assign_splits(config, items).items()
              for task in shards.plan(split, members, plan, config.shard_size_mb * 1e6, config.compression)]
+    return ConversionPlan(source, preset, plan, tasks, skipped, len(failures), total)
+
+
+def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwrite: bool = False) -> dict:
+    """Converts the configured source into `output_dir`; resumes an interrupted run. Returns the manifest."""
+    recorded = dataclasses.asdict(config)
+    done = _prepare_output(output_dir, recorded, overwrite)
+    if done is not None:
+        logging.info("%s already holds this conversion; nothing to do", output_dir)
+        return done
+    planned = plan_conversion(config)
+    tasks = planned.tasks
     results = [stats for task in tasks if (stats := shards.finished(output_dir, task)) is not None]
     if results:
         logging.info("resuming: %d of %d shards already complete", len(results), len(tasks))
     reused = {stats["file"] for stats in results}
 
     def check(progress: list[dict]) -> None:
-        failed = len(failures) + sum(1 for s in progress for e in s["skipped"])
-        _check_failures(failed, len(failures) + sum(s["records"] + len(s["skipped"]) for s in progress),
+        failed = planned.listing_failures + sum(1 for s in progress for e in s["skipped"])
+        _check_failures(failed, planned.listing_failures + sum(s["records"] + len(s["skipped"]) for s in progress),
                         config.max_failure_fraction, final=False)
 
-    results += _run_tasks([t for t in tasks if t.filename not in reused], source, plan, output_dir,
-                          num_workers, check)
-    read_failures = len(failures) + sum(len(s["skipped"]) for s in results)
-    _check_failures(read_failures, total, config.max_failure_fraction, final=True)
-    manifest = _manifest(config, preset, plan, tasks, results, skipped)
+    results += _run_tasks([t for t in tasks if t.filename not in reused], planned.source, planned.window,
+                          output_dir, num_workers, check)
+    read_failures = planned.listing_failures + sum(len(s["skipped"]) for s in results)
+    _check_failures(read_failures, planned.total, config.max_failure_fraction, final=True)
+    manifest = _manifest(config, planned.preset, planned.window, tasks, results, planned.skipped)
     storage.write_json(storage.join(output_dir, MANIFEST), manifest)
     tf.io.gfile.rmtree(storage.join(output_dir, shards.PROGRESS_DIR))
     return manifest
@@ -274,20 +294,32 @@ def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwri
 
 def _manifest(config, preset, plan, tasks, results, skipped) -> dict:
     by_file = {stats["file"]: stats for stats in results}
+    stats = {split: [by_file[t.filename] for t in tasks if t.split == split] for split in splits.SPLITS}
+    files = {split: [{"file": s["file"], "examples": s["examples"], "sha256": s["sha256"]} for s in stats[split]]
+             for split in splits.SPLITS}
+    return build_manifest(config, preset, plan, stats, files, skipped)
+
+
+def build_manifest(config: ConversionConfig, preset: labels.LabelPreset, plan: transform.WindowPlan,
+                   stats: dict[str, list[dict]], files: dict[str, list[dict]], skipped: list[dict]) -> dict:
+    """The manifest from record counts per split and the shard files (file, examples, sha256) per split.
+
+    `stats` entries carry examples, records, patient_ids, class_examples, class_records, padded and skipped:
+    one per shard from the local converter, one per record from the Beam pipeline; they are summed.
+    """
     split_summary = {}
     for split in splits.SPLITS:
-        stats = [by_file[t.filename] for t in tasks if t.split == split]
-        patients = sorted({p for s in stats for p in s["patient_ids"]})
+        patients = sorted({p for s in stats[split] for p in s["patient_ids"]})
         split_summary[split] = {
-            "examples": sum(s["examples"] for s in stats),
-            "records": sum(s["records"] for s in stats),
+            "examples": sum(s["examples"] for s in stats[split]),
+            "records": sum(s["records"] for s in stats[split]),
             "patients": len(patients),
             "patient_ids": patients,
-            "class_examples": dict(sum((Counter(s["class_examples"]) for s in stats), Counter())),
-            "class_records": dict(sum((Counter(s["class_records"]) for s in stats), Counter())),
-            "shards": [{"file": s["file"], "examples": s["examples"], "sha256": s["sha256"]} for s in stats],
+            "class_examples": dict(sum((Counter(s["class_examples"]) for s in stats[split]), Counter())),
+            "class_records": dict(sum((Counter(s["class_records"]) for s in stats[split]), Counter())),
+            "shards": files[split],
         }
-    read_skipped = [entry for t in tasks for entry in by_file[t.filename]["skipped"]]
+    read_skipped = [entry for split in splits.SPLITS for s in stats[split] for entry in s["skipped"]]
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "source": config.source,
@@ -300,7 +332,7 @@ def _manifest(config, preset, plan, tasks, results, skipped) -> dict:
         "window_samples": plan.window_samples,
         "stride_samples": plan.stride_samples,
         "compression": config.compression,
-        "padded_records": sum(by_file[t.filename]["padded"] for t in tasks),
+        "padded_records": sum(s["padded"] for split in splits.SPLITS for s in stats[split]),
         "splits": split_summary,
         "skipped": skipped + read_skipped,
         "skipped_counts": dict(Counter(entry["stage"] for entry in skipped + read_skipped)),
