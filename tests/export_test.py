@@ -1,0 +1,275 @@
+"""Export tests: a tiny trained run exported once per session, then checked from every side that serves it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from ecg_tfx import conversion, export, input_pipeline, schema, transform
+from ecg_tfx.model_spec import ModelSpec, window_probabilities
+from ecg_tfx.models import build_model
+from ecg_tfx.preprocessing import PreprocessConfig, preprocess
+from ecg_tfx.sources.ptb import PTBSource
+
+PYTHON = sys.executable
+_BUILT: dict[str, dict[str, pathlib.Path]] = {}
+
+
+def build_export(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Converts 40 synthetic records, trains a CNN for one epoch, exports it with TFLite (once per process).
+
+    Shared with predict_test through this module-level cache, so the work is done once per pytest session.
+    """
+    if str(root) in _BUILT:
+        return _BUILT[str(root)]
+    data_dir, run_dir, export_dir = root / "data", root / "run", root / "export"
+    config = conversion.ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2,
+                                         synthetic_duration_s=10)
+    manifest = conversion.run(config, str(data_dir))
+    spec = ModelSpec(model="cnn", labels=tuple(manifest["labels"]), multi_label=False, leads=tuple(manifest["leads"]),
+                     sample_rate_hz=500, window_samples=5000, stride_samples=5000, input_samples=2500,
+                     eval_stride_samples=1250, preprocessing=PreprocessConfig(sample_rate_hz=500))
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn", len(spec.leads), len(spec.labels), False, spec.sample_rate_hz)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 16, training=False), epochs=1,
+              verbose=0)
+    run_dir.mkdir()
+    model.save(run_dir / export.MODEL_FILE)
+    spec.save(str(run_dir))
+    version_dir = export.export_run(str(run_dir), str(export_dir), "ecg", tflite=True, data_dir=str(data_dir))
+    _BUILT[str(root)] = {"data": data_dir, "run": run_dir, "export_dir": export_dir,
+                         "version": pathlib.Path(version_dir)}
+    return _BUILT[str(root)]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    return build_export(tmp_path_factory.getbasetemp() / "export_fixture")
+
+
+@pytest.fixture(scope="session")
+def loaded(built):
+    return tf.saved_model.load(str(built["version"]))
+
+
+@pytest.fixture(scope="session")
+def spec(built) -> ModelSpec:
+    return ModelSpec.load(str(built["run"]))
+
+
+@pytest.fixture(scope="session")
+def keras_model(built) -> keras.Model:
+    return keras.saving.load_model(built["run"] / export.MODEL_FILE, compile=False)
+
+
+def _test_examples(built, spec: ModelSpec) -> np.ndarray:
+    return export.read_windows(str(built["data"]), "test", spec, 100)[1]
+
+
+def test_layout_assets_and_version_folder(built, spec):
+    version = built["version"]
+    assert version == built["export_dir"] / "ecg" / "1"
+    assert (version / "assets" / "labels.txt").read_text().splitlines() == list(spec.labels)
+    assert sorted(os.listdir(version.parent)) == ["1"]
+    report = json.loads((version / export.REPORT_FILE).read_text())
+    for entry in report["tflite"].values():
+        assert entry["size_bytes"] == (version / entry["file"]).stat().st_size > 0
+    assert ModelSpec.load(str(version / export.TFLITE_DIR)) == spec
+
+
+def test_plain_tensorflow_loads_and_calls_every_signature(built, spec):
+    """A separate interpreter where ecg_tfx cannot be imported: the export must need stock TF ops only."""
+    shard = input_pipeline.shard_files(str(built["data"]), input_pipeline.load_manifest(str(built["data"])), "test")[0]
+    script = textwrap.dedent("""
+        import importlib.abc, json, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "ecg_tfx":
+                    raise ImportError("ecg_tfx is blocked in this test")
+
+        sys.meta_path.insert(0, Block())
+        try:
+            import ecg_tfx
+            sys.exit("ecg_tfx is importable: the test would prove nothing")
+        except ImportError:
+            pass
+        import numpy as np, tensorflow as tf
+        model = tf.saved_model.load(sys.argv[1])
+        examples = tf.constant([r.numpy() for r in tf.data.TFRecordDataset(sys.argv[2]).take(3)])
+        ecg = tf.constant(np.random.default_rng(0).normal(size=(2, 3000, 12)).astype("float32"))
+        out = {
+            "serving_default": model.signatures["serving_default"](ecg=ecg, sample_rate=tf.constant([250.0, 250.0])),
+            "serve_examples": model.signatures["serve_examples"](examples=examples),
+            "classify": model.signatures["classify"](inputs=examples),
+            "metadata": model.metadata(),
+        }
+        print(json.dumps({sig: {k: [str(v.dtype.name), v.shape.as_list(),
+                                    v.numpy().tolist() if v.dtype != tf.string else
+                                    np.vectorize(bytes.decode)(v.numpy()).tolist()]
+                                for k, v in outputs.items()} for sig, outputs in out.items()}))
+    """)
+    result = subprocess.run([PYTHON, "-I", "-c", script, str(built["version"]), shard], cwd=built["data"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    classes = len(spec.labels)
+    for name, batch in (("serving_default", 2), ("serve_examples", 3)):
+        assert out[name]["probabilities"][:2] == ["float32", [batch, classes]]
+        assert out[name]["class_id"][:2] == ["int64", [batch]]
+        assert out[name]["class_name"][:2] == ["string", [batch]]
+        assert out[name]["confidence"][:2] == ["float32", [batch]]
+        probabilities = np.array(out[name]["probabilities"][2])
+        np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
+        assert out[name]["class_name"][2] == [spec.labels[i] for i in probabilities.argmax(-1)]
+    assert out["classify"]["classes"][:2] == ["string", [3, classes]]
+    assert out["classify"]["classes"][2][0] == list(spec.labels)
+    np.testing.assert_allclose(out["classify"]["scores"][2], out["serve_examples"]["probabilities"][2], atol=1e-6)
+    meta = out["metadata"]
+    assert meta["class_names"][2] == list(spec.labels) and meta["leads"][2] == list(spec.leads)
+    assert (meta["sample_rate_hz"][2], meta["window_samples"][2]) == (500, 5000)
+    assert ModelSpec.from_json(json.loads(meta["model_spec_json"][2])) == spec
+
+
+def test_saved_model_cli_lists_the_three_signatures(built):
+    cli = pathlib.Path(PYTHON).parent / "saved_model_cli"
+    result = subprocess.run([str(cli), "show", "--all", "--dir", str(built["version"])], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    sections = {name: text.split(f"signature_def['{name}']:")[1].split("signature_def[")[0]
+                for name in export.SIGNATURES}
+    default = sections["serving_default"]
+    assert "dtype: DT_FLOAT\n        shape: (-1, -1, 12)\n        name: serving_default_ecg:0" in default
+    assert "dtype: DT_FLOAT\n        shape: (-1)\n        name: serving_default_sample_rate:0" in default
+    for name in ("serving_default", "serve_examples"):
+        for key, dtype, shape in (("probabilities", "DT_FLOAT", "(-1, 5)"), ("class_id", "DT_INT64", "(-1)"),
+                                  ("class_name", "DT_STRING", "(-1)"), ("confidence", "DT_FLOAT", "(-1)")):
+            assert f"outputs['{key}'] tensor_info:\n        dtype: {dtype}\n        shape: {shape}" in sections[name]
+        assert "Method name is: tensorflow/serving/predict" in sections[name]
+    examples = sections["serve_examples"]
+    assert "inputs['examples'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in examples
+    classify = sections["classify"]
+    assert "inputs['inputs'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1)" in classify
+    assert "outputs['classes'] tensor_info:\n        dtype: DT_STRING\n        shape: (-1, 5)" in classify
+    assert "outputs['scores'] tensor_info:\n        dtype: DT_FLOAT\n        shape: (-1, 5)" in classify
+    assert "Method name is: tensorflow/serving/classify" in classify
+
+
+def test_raw_ptb_record_at_1000_hz_matches_the_converter_path(built, loaded, spec, keras_model, ptb_dir, tmp_path):
+    """No skew: serving_default on the raw 1000 Hz record == convert (500 Hz) -> TFRecord -> input pipeline."""
+    config = conversion.ConversionConfig(source="ptb", input_dir=str(ptb_dir), sample_rate=500, max_records=2,
+                                         split="0.5,0,0.5")
+    manifest = conversion.run(config, str(tmp_path))
+    assert tuple(manifest["leads"]) == spec.leads and manifest["window_samples"] == spec.window_samples
+    record_id = "patient001/s0010_re"
+    windows = []
+    for split, info in manifest["splits"].items():
+        if info["shards"]:
+            dataset = input_pipeline.make_dataset(str(tmp_path), manifest, split, spec, 8, training=False,
+                                                  with_record_ids=True)
+            for batch in dataset:
+                probabilities = window_probabilities(keras_model, batch["signal"], spec).numpy()
+                windows += [p for p, r in zip(probabilities, batch["record_id"].numpy()) if r.decode() == record_id]
+    assert len(windows) == 3  # 38.4 s at 500 Hz holds three 10 s windows
+    source = PTBSource(str(ptb_dir))
+    record = source.load(next(ref for ref in source.refs()[0] if ref.record_id == record_id))
+    assert record.sample_rate_hz == 1000
+    raw = transform.select_leads(record, spec.leads)
+    served = loaded.signatures["serving_default"](ecg=tf.constant(raw[None]), sample_rate=tf.constant([1000.0]))
+    np.testing.assert_allclose(served["probabilities"].numpy()[0], np.mean(windows, axis=0), atol=1e-4)
+
+
+def test_serve_examples_equals_the_keras_model_on_the_test_shards(built, loaded, spec, keras_model):
+    examples = _test_examples(built, spec)
+    served = loaded.signatures["serve_examples"](examples=tf.constant(examples))
+    signal = schema.parse_examples(tf.constant(examples), spec.window_samples, len(spec.leads))["signal"]
+    expected = window_probabilities(keras_model, preprocess(signal, spec.preprocessing), spec).numpy()
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(served["class_id"].numpy(), expected.argmax(-1))
+    np.testing.assert_allclose(served["confidence"].numpy(), expected.max(-1), atol=1e-5)
+
+
+def test_one_request_with_two_sample_rates_is_refused(loaded):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must share one sample_rate"):
+        loaded.signatures["serving_default"](ecg=tf.zeros([2, 1000, 12]), sample_rate=tf.constant([500.0, 250.0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="whole number of Hz"):
+        loaded.signatures["serving_default"](ecg=tf.zeros([1, 1000, 12]), sample_rate=tf.constant([499.5]))
+
+
+def test_short_recording_is_zero_padded_like_the_converter(loaded, spec):
+    """A 4 s recording is one padded window: the same as sending that padded window as an example."""
+    signal = export.warmup_signal(spec)[:2000]
+    padded = transform.windows(signal, transform.WindowPlan(spec.leads, 500, 5000, 5000, True, spec.labels))[0]
+    example = schema.make_example(padded, spec.leads, 500, [], [], "r", "p", 0)
+    short = loaded.signatures["serving_default"](ecg=tf.constant(signal[None]), sample_rate=tf.constant([500.0]))
+    whole = loaded.signatures["serve_examples"](examples=tf.constant([example]))
+    np.testing.assert_allclose(short["probabilities"].numpy(), whole["probabilities"].numpy(), atol=1e-6)
+
+
+def test_warmup_requests_replay_against_their_signatures(built, loaded):
+    path = built["version"] / "assets.extra" / export.WARMUP_FILE
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+    assert [log.WhichOneof("log_type") for log in logs] == ["predict_log", "predict_log", "classify_log"]
+    for log in logs[:2]:
+        request = log.predict_log.request
+        assert request.model_spec.name == "ecg"
+        inputs = {key: tf.constant(tf.make_ndarray(value)) for key, value in request.inputs.items()}
+        outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
+        assert outputs["probabilities"].shape[0] == 1
+    request = logs[2].classify_log.request
+    examples = tf.constant([e.SerializeToString() for e in request.input.example_list.examples])
+    assert loaded.signatures[request.model_spec.signature_name](inputs=examples)["scores"].shape[0] == 1
+
+
+def test_tflite_models_agree_with_the_saved_model(built, spec):
+    report = json.loads((built["version"] / export.REPORT_FILE).read_text())
+    assert report["agreement_windows"] == 4 and report["saved_model"]["latency_ms_batch1"] > 0
+    float32 = report["tflite"]["float32"]
+    assert float32["quantization"] == "float32" and float32["usable"]
+    assert float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
+    int8 = report["tflite"]["int8"]
+    assert int8["quantization"] in ("full_integer_int8", "dynamic_range")
+    assert 0 <= int8["argmax_agreement"] <= 1 and int8["latency_ms_batch1"] > 0
+    assert int8["usable"] == (int8["argmax_agreement"] >= export.MIN_AGREEMENT)
+    assert ("warning" in int8) == (not int8["usable"])
+    # The float model, run here on a test window, reproduces the SavedModel's probabilities.
+    runner = export.TFLiteRunner((built["version"] / float32["file"]).read_bytes())
+    windows, examples = export.read_windows(str(built["data"]), "test", spec, 1)
+    saved = tf.saved_model.load(str(built["version"])).signatures["serve_examples"](examples=tf.constant(examples))
+    np.testing.assert_allclose(runner(windows), saved["probabilities"].numpy(), atol=1e-4)
+
+
+def test_failed_export_leaves_no_version_and_versions_count_up(built, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(built["data"], broken)
+    shard = next(broken.glob("train-*.tfrecord"))
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated: fails while reading calibration windows
+    export_dir = tmp_path / "export"
+    with pytest.raises(tf.errors.DataLossError):
+        export.export_run(str(built["run"]), str(export_dir), "ecg", tflite=True, data_dir=str(broken))
+    assert os.listdir(export_dir / "ecg") == []
+    assert export.export_run(str(built["run"]), str(export_dir), "ecg") == str(export_dir / "ecg" / "1")
+    assert export.export_run(str(built["run"]), str(export_dir), "ecg", version=7) == str(export_dir / "ecg" / "7")
+    assert export.next_version(str(export_dir / "ecg")) == 8
+    with pytest.raises(FileExistsError, match="exists"):
+        export.export_run(str(built["run"]), str(export_dir), "ecg", version=7)
+
+
+def test_cli_validates_flags_before_any_work(built, tmp_path):
+    result = subprocess.run([PYTHON, "-m", "ecg_tfx.export", f"--run_dir={built['run']}",
+                             f"--export_dir={tmp_path}", "--tflite"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--tflite needs --data_dir" in result.stderr
+    assert list(tmp_path.iterdir()) == []
