@@ -187,7 +187,7 @@ def _run_tasks(tasks: list[shards.ShardTask], source, plan, output_dir: str, num
     return results
 
 
-def _prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> dict | None:
+def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> dict | None:
     """Checks the output folder; returns the manifest if this exact conversion is already complete."""
     storage.enable_filesystem(output_dir)
     manifest_path = storage.join(output_dir, MANIFEST)
@@ -217,7 +217,8 @@ def _prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> dict | 
     return None
 
 
-def _check_failures(failed: int, total: int, limit: float, final: bool) -> None:
+def check_failures(failed: int, total: int, limit: float, final: bool) -> None:
+    """Raises ConversionError when more than `limit` of the records failed (early only past 20 records)."""
     if total and failed / total > limit and (final or total >= 20):
         raise ConversionError(f"{failed} of {total} records failed (> --max_failure_fraction={limit}); "
                               "see the log for each path and reason")
@@ -249,7 +250,7 @@ def plan_conversion(config: ConversionConfig) -> ConversionPlan:
     for entry in skipped:
         logging.warning("skipping %s: %s", entry["path"], entry["reason"])
     total = len(refs) + len(failures)
-    _check_failures(len(failures), total, config.max_failure_fraction, final=False)
+    check_failures(len(failures), total, config.max_failure_fraction, final=False)
     items, vocabulary, leads, label_skipped = select(config, refs, preset)
     plan = window_plan(config, leads, vocabulary)
     too_short = [item for item in items if plan.window_count(round(item.ref.duration_s * plan.sample_rate_hz)) == 0]
@@ -266,7 +267,7 @@ def plan_conversion(config: ConversionConfig) -> ConversionPlan:
 def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwrite: bool = False) -> dict:
     """Converts the configured source into `output_dir`; resumes an interrupted run. Returns the manifest."""
     recorded = dataclasses.asdict(config)
-    done = _prepare_output(output_dir, recorded, overwrite)
+    done = prepare_output(output_dir, recorded, overwrite)
     if done is not None:
         logging.info("%s already holds this conversion; nothing to do", output_dir)
         return done
@@ -279,13 +280,13 @@ def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwri
 
     def check(progress: list[dict]) -> None:
         failed = planned.listing_failures + sum(1 for s in progress for e in s["skipped"])
-        _check_failures(failed, planned.listing_failures + sum(s["records"] + len(s["skipped"]) for s in progress),
+        check_failures(failed, planned.listing_failures + sum(s["records"] + len(s["skipped"]) for s in progress),
                         config.max_failure_fraction, final=False)
 
     results += _run_tasks([t for t in tasks if t.filename not in reused], planned.source, planned.window,
                           output_dir, num_workers, check)
     read_failures = planned.listing_failures + sum(len(s["skipped"]) for s in results)
-    _check_failures(read_failures, planned.total, config.max_failure_fraction, final=True)
+    check_failures(read_failures, planned.total, config.max_failure_fraction, final=True)
     manifest = _manifest(config, planned.preset, planned.window, tasks, results, planned.skipped)
     storage.write_json(storage.join(output_dir, MANIFEST), manifest)
     tf.io.gfile.rmtree(storage.join(output_dir, shards.PROGRESS_DIR))

@@ -2,19 +2,26 @@
 
     python -m ecg_tfx.convert --output_dir=workspace/tfrecords/synthetic            # synthetic default
     python -m ecg_tfx.convert --source=ptb --input_dir=ptbdb --output_dir=workspace/tfrecords/ptb
+    python -m ecg_tfx.convert --runner=beam --beam_args="--runner=DirectRunner --direct_num_workers=2" ...
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from absl import app, flags, logging
 
-from ecg_tfx import conversion, conversion_flags
+from ecg_tfx import conversion, conversion_flags, storage
 from ecg_tfx.sources import SourceError
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where shards and manifest.json go (local, gs:// or s3://).")
 flags.mark_flag_as_required("output_dir")
+_RUNNER = flags.DEFINE_enum("runner", "local", ["local", "beam"],
+                            "local: worker processes on this machine; beam: an Apache Beam pipeline "
+                            "(pip install apache-beam[tfrecord]), same output.")
+_BEAM_ARGS = flags.DEFINE_string("beam_args", "", "Beam pipeline options for --runner=beam, e.g. "
+                                 "'--runner=DataflowRunner --project=... --setup_file=./setup.py'.")
 
 
 def summary(manifest: dict) -> str:
@@ -34,8 +41,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = conversion_flags.config_from_flags()
     try:
-        manifest = conversion.run(config, _OUTPUT_DIR.value, conversion_flags.NUM_WORKERS.value,
-                                  conversion_flags.OVERWRITE.value)
+        if _RUNNER.value == "beam":
+            from ecg_tfx import beam_conversion
+
+            manifest = beam_conversion.run(config, _OUTPUT_DIR.value, shlex.split(_BEAM_ARGS.value),
+                                           conversion_flags.OVERWRITE.value)
+        else:
+            manifest = conversion.run(config, _OUTPUT_DIR.value, conversion_flags.NUM_WORKERS.value,
+                                      conversion_flags.OVERWRITE.value)
     except (SourceError, conversion.ConversionError) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
@@ -44,4 +57,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        app.run(main)
+    except SystemExit as done:
+        storage.exit_hard_if_s3_touched(done.code)
+        raise

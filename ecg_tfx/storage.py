@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 import tensorflow as tf
 
 _FILESYSTEM_MODULES = {"s3": "tensorflow_io", "hdfs": "tensorflow_io", "az": "tensorflow_io"}
+_plugin_filesystems_used = False
 
 
 def enable_filesystem(path: str) -> None:
@@ -23,6 +25,8 @@ def enable_filesystem(path: str) -> None:
     module = _FILESYSTEM_MODULES.get(scheme)
     if module is None:
         return
+    global _plugin_filesystems_used
+    _plugin_filesystems_used = True
     try:
         tfio = __import__(module)
         tfio.experimental  # noqa: B018 - touching the module loads its filesystem plugins
@@ -33,6 +37,23 @@ def enable_filesystem(path: str) -> None:
             f"{tf.__version__} ({type(error).__name__}: {error}). Use the pinned versions in pyproject.toml "
             "(tensorflow-io 0.37.1 loads with TensorFlow 2.16-2.17 only)."
         ) from error
+
+
+def exit_hard_if_s3_touched(code: int | str | None) -> None:
+    """Ends the process now with `code` (as `sys.exit` would) if a tensorflow-io filesystem was used.
+
+    tensorflow-io 0.37's AWS client aborts the interpreter's normal exit ("pure virtual method called",
+    exit status 134), so a CLI that touched s3:// flushes its output and leaves with `os._exit` instead.
+    Files must be closed by then. Returns (doing nothing) otherwise.
+    """
+    if not _plugin_filesystems_used:
+        return
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def join(*parts: str) -> str:
