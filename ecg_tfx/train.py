@@ -14,13 +14,12 @@ import json
 import platform
 import sys
 import time
-import warnings
 
 import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ecg_tfx import conversion, conversion_flags, distribute, input_pipeline, storage
+from ecg_tfx import conversion, conversion_flags, distribute, evaluation, export, input_pipeline, plots, storage
 from ecg_tfx.augment import AugmentConfig
 from ecg_tfx.model_spec import ModelSpec
 from ecg_tfx.models import MODELS, build_model
@@ -63,6 +62,8 @@ _LEAD_DROPOUT = flags.DEFINE_float("lead_dropout", 0.0, "Probability of zeroing 
 # Performance and distribution.
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES, "tf.distribute strategy.")
 _PRECISION = flags.DEFINE_enum("precision", "auto", distribute.PRECISIONS, "Mixed-precision policy.")
+_VIRTUAL_CPUS = flags.DEFINE_integer("virtual_cpus", 0, "Split the CPU into N logical devices (to run mirrored "
+                                     "training without accelerators); 0 = off.", lower_bound=0)
 _CACHE = flags.DEFINE_string("cache", "memory", "Cache preprocessed windows: memory, a file prefix, or '' (off).")
 # Export.
 _EXPORT = flags.DEFINE_bool("export", True, "Export a SavedModel for TF Serving at the end.")
@@ -150,10 +151,10 @@ def datasets(manifest: dict, spec: ModelSpec, strategy: tf.distribute.Strategy) 
     """Training and validation datasets; each worker reads its own files (or examples) under multi-worker."""
     weights = input_pipeline.class_weights(manifest, spec.labels) if _CLASS_WEIGHTS.value else None
     common = dict(data_dir=_DATA_DIR.value, manifest=manifest, spec=spec, batch_size=_BATCH_SIZE.value,
-                  drop_remainder=strategy.num_replicas_in_sync > 1)
+                  repeat=True)
     train = input_pipeline.make_dataset(split="train", training=True, augmentation=augment_config(spec),
                                         cache=_CACHE.value, seed=conversion_flags.SEED.value, weights=weights,
-                                        **common)
+                                        drop_remainder=strategy.num_replicas_in_sync > 1, **common)
     validation = input_pipeline.make_dataset(split="validation", training=False, cache=_CACHE.value and "memory",
                                              **common)
     enough_files = len(manifest["splits"]["train"]["shards"]) >= distribute.num_workers(strategy)
@@ -173,6 +174,8 @@ def write_run_files(run_dir: str, spec: ModelSpec, info: dict) -> None:
 
 def train(run_dir: str) -> dict:
     """Trains, evaluates on validation and test, exports; returns the run info."""
+    if _VIRTUAL_CPUS.value:
+        distribute.split_cpu(_VIRTUAL_CPUS.value)
     manifest = input_pipeline.load_manifest(_DATA_DIR.value)
     precision, reason = distribute.set_precision(_PRECISION.value)
     strategy = distribute.make_strategy(_STRATEGY.value)
@@ -193,10 +196,12 @@ def train(run_dir: str) -> dict:
     if chief:
         write_run_files(run_dir, spec, info)
     started = time.time()
-    with warnings.catch_warnings():  # Keras warns when a finite dataset of unknown length ends an epoch
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        history = model.fit(train_data, validation_data=validation_data, epochs=_EPOCHS.value, shuffle=False,
-                            callbacks=callbacks(run_dir, work_dir), verbose=1 if sys.stdout.isatty() else 2)
+    steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, _BATCH_SIZE.value, split == "train",
+                                                     split == "train" and strategy.num_replicas_in_sync > 1)
+             for split in ("train", "validation")}
+    history = model.fit(train_data, validation_data=validation_data, epochs=_EPOCHS.value,
+                        steps_per_epoch=steps["train"], validation_steps=steps["validation"],
+                        callbacks=callbacks(run_dir, work_dir), verbose=1 if sys.stdout.isatty() else 2)
     info["train_seconds"] = round(time.time() - started, 1)
     info["epochs_run"] = len(history.epoch)
     if not chief:
@@ -210,16 +215,11 @@ def train(run_dir: str) -> dict:
 
 def finish(run_dir: str, model: keras.Model, spec: ModelSpec, manifest: dict, info: dict) -> dict:
     """Plots, evaluation on validation and test, and the export: everything after fit, chief only."""
-    from ecg_tfx import evaluate, plots
-
-    storage.write_bytes(storage.join(run_dir, "training_history.png"),
-                        plots.training_history_png(storage.join(run_dir, "history.csv")))
+    plots.save_training_history(storage.join(run_dir, "history.csv"), storage.join(run_dir, "training_history.png"))
     for split in ("validation", "test"):
-        out_dir = run_dir if split == "test" else storage.join(run_dir, split)
-        info[f"{split}_metrics"] = evaluate.evaluate(model, spec, _DATA_DIR.value, manifest, split, out_dir)
+        out_dir = evaluation.default_out_dir(run_dir, split, "final")
+        info[f"{split}_metrics"] = evaluation.evaluate(model, spec, _DATA_DIR.value, manifest, split, out_dir)
     if _EXPORT.value:
-        from ecg_tfx import export
-
         info["export"] = export.export_run(run_dir, _EXPORT_DIR.value or storage.join(run_dir, "export"),
                                            _MODEL_NAME.value, tflite=_TFLITE.value, data_dir=_DATA_DIR.value)
     storage.write_json(storage.join(run_dir, "run_info.json"), info)

@@ -1,0 +1,145 @@
+"""The trainer: real Keras training (2 epochs, tiny data) for every model, strategy and precision policy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from ecg_tfx import conversion, distribute, input_pipeline
+from ecg_tfx.augment import AugmentConfig
+from ecg_tfx.conversion import ConversionConfig
+from ecg_tfx.model_spec import ModelSpec
+from ecg_tfx.models import build_model
+from ecg_tfx.preprocessing import PreprocessConfig
+from ecg_tfx.train import BestCheckpoint
+
+TINY = ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2, synthetic_duration_s=10,
+                        sample_rate=100, shard_size_mb=0.2)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("tiny"))
+    conversion.run(TINY, out)
+    return out
+
+
+def run_train(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "ecg_tfx.train", *args], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def history(run_dir: pathlib.Path) -> list[dict]:
+    with open(run_dir / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet1d", "features"])
+def test_each_model_trains_two_epochs(data_dir, tmp_path, model):
+    run_train(f"--data_dir={data_dir}", f"--run_dir={tmp_path}", f"--model={model}", "--epochs=2",
+              "--batch_size=8", "--input_seconds=5", "--export=false")
+    for name in ("model.keras", "best.keras", "model_spec.json", "labels.json", "flags.txt", "history.csv",
+                 "training_history.png", "metrics.json", "classification_report.txt", "confusion_matrix.png",
+                 "roc.png", "sample_predictions.png"):
+        assert (tmp_path / name).is_file(), name
+    assert [row["epoch"] for row in history(tmp_path)] == ["0", "1"]
+    spec = ModelSpec.load(str(tmp_path))
+    assert spec.model == model and spec.input_samples == 500 and len(spec.leads) == 12
+    assert json.loads((tmp_path / "labels.json").read_text())["labels"] == list(spec.labels)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["precision"] in distribute.PRECISIONS and info["precision_reason"]
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    probabilities = reloaded(np.zeros((2, 500, 12), np.float32))
+    assert probabilities.shape == (2, 5)
+
+
+def test_mirrored_over_two_virtual_cpus(data_dir, tmp_path):
+    run_train(f"--data_dir={data_dir}", f"--run_dir={tmp_path}", "--strategy=mirrored", "--virtual_cpus=2",
+              "--epochs=2", "--batch_size=8", "--export=false")
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["strategy"] == "MirroredStrategy" and info["replicas"] == 2
+    assert len(history(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_each_precision_policy_trains(data_dir, policy):
+    manifest = input_pipeline.load_manifest(data_dir)
+    spec = ModelSpec("cnn", tuple(manifest["labels"]), False, tuple(manifest["leads"]), 100, 1000, 1000, 500, 100,
+                     PreprocessConfig(100))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model("cnn", 12, 5, False, 100, 500)
+        model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
+        dataset = input_pipeline.make_dataset(data_dir, manifest, "train", spec, 8, True,
+                                              AugmentConfig(crop_samples=500))
+        losses = model.fit(dataset, epochs=2, verbose=0).history["loss"]
+        assert model.layers[1].compute_dtype == policy.replace("mixed_", "")
+        assert all(v.dtype == "float32" for v in model.trainable_variables)
+        assert model.output.dtype == "float32" and np.all(np.isfinite(losses))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("gpus, cpu, tpu, expected", [
+    ([(8, 0)], set(), False, "mixed_float16"),
+    ([(7, 0), (8, 6)], set(), False, "mixed_float16"),
+    ([(6, 1)], {"avx512_bf16"}, False, "float32"),
+    ([], {"avx512_bf16", "avx512f"}, False, "mixed_bfloat16"),
+    ([], {"amx_bf16"}, False, "mixed_bfloat16"),
+    ([], {"avx2"}, False, "float32"),
+    ([], set(), True, "mixed_bfloat16"),
+])
+def test_auto_precision_follows_the_hardware(gpus, cpu, tpu, expected):
+    policy, reason = distribute.choose_precision("auto", gpus=gpus, cpu=cpu, tpu=tpu)
+    assert policy == expected and reason
+    assert distribute.choose_precision("float32", gpus=gpus, cpu=cpu)[0] == "float32"
+
+
+def test_best_checkpoint_ignores_warmup_epochs(tmp_path):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback = BestCheckpoint(str(tmp_path / "best.keras"), monitor="val_auc", mode="max", save_best_only=True,
+                              start_from_epoch=2)
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"val_auc": 0.99})  # a lucky noisy first epoch
+    assert not (tmp_path / "best.keras").exists()
+    callback.on_epoch_end(2, {"val_auc": 0.7})
+    first = (tmp_path / "best.keras").stat().st_mtime_ns
+    callback.on_epoch_end(3, {"val_auc": 0.8})
+    assert (tmp_path / "best.keras").stat().st_mtime_ns != first
+    assert callback.best == 0.8
+
+
+def test_killed_run_resumes_from_its_backup(tmp_path):
+    data = tmp_path / "data"
+    conversion.run(ConversionConfig(synthetic_patients=40, synthetic_records_per_patient=3, synthetic_duration_s=10,
+                                    sample_rate=250), str(data))
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "ecg_tfx.train", f"--data_dir={data}", f"--run_dir={run}", "--epochs=6",
+            "--batch_size=8", "--export=false", "--patience=20", "--precision=float32"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not (run / "history.csv").exists() or len(history(run)) < 2):
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the next epoch
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(history(run))
+    assert 2 <= done < 6, "the run should have been killed mid-way"
+    assert (run / "backup").is_dir()
+    result = run_train(*args[3:], timeout=400)
+    resumed_at = int(result.stdout.split("Epoch ", 1)[1].split("/", 1)[0])
+    assert resumed_at > 1, "training restarted from scratch instead of resuming"
+    assert [int(row["epoch"]) for row in history(run)][-1] == 5
+    assert not (run / "backup").exists()
