@@ -23,14 +23,14 @@ from absl import app, flags
 
 from ecg_tfx import export, transform
 from ecg_tfx.model_spec import ModelSpec
-from ecg_tfx.records import RecordRef, canonical_lead
+from ecg_tfx.records import STANDARD12, RecordRef, canonical_lead
 from ecg_tfx.sources import RecordError
 from ecg_tfx.sources.ptb import available_channels, read_header, read_wfdb_record
 
 _MODEL = flags.DEFINE_string("model", None, "A SavedModel version folder (or its model folder: newest version) "
                                             "or a .tflite file written by ecg_tfx.export.")
 _SAMPLE_RATE = flags.DEFINE_float("sample_rate", None, "Sample rate in Hz of CSV and .npy inputs.", lower_bound=1)
-_LEADS = flags.DEFINE_list("leads", None, "Comma-separated lead names of the .npy columns.")
+_LEADS = flags.DEFINE_list("leads", None, "Comma-separated lead names of the .npy columns, or standard12.")
 _UNITS = flags.DEFINE_enum("units", None, ["mV", "uV", "V"], "Units of CSV and .npy samples.")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "How many classes to list per record.", lower_bound=1)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON document instead of text.")
@@ -70,7 +70,7 @@ def read_recording(path: str, sample_rate: float | None = None, leads: list[str]
     else:
         if not leads:
             raise InputError("a .npy file has no lead names; pass --leads=i,ii,... (one per column)")
-        signal, names = np.load(path), leads
+        signal, names = np.load(path), list(STANDARD12) if leads == ["standard12"] else leads
     if signal.ndim != 2 or signal.shape[1] != len(names):
         raise InputError(f"samples of shape {signal.shape} do not match {len(names)} leads {names}")
     if not np.all(np.isfinite(signal)):

@@ -20,6 +20,8 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
     assert "precision auto ->" in outputs
     assert "true condition:" in outputs
+    assert "sample.npy: " in outputs and "(confidence " in outputs  # the export's diagnosis of a fresh record
+    assert "error" not in outputs.lower()
     metrics = json.loads((tmp_path / "runs" / "synthetic" / "metrics.json").read_text())
     assert metrics["record"]["accuracy"] is not None
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
