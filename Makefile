@@ -14,8 +14,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-demo: install  ## convert the synthetic default and summarise what was written
-	$(PY) -m ecg_tfx.convert --output_dir=$(WORKSPACE)/tfrecords/synthetic
+demo: install  ## convert, train, evaluate and export the synthetic demo, then diagnose a fresh recording
+	$(PY) -m ecg_tfx.train --flagfile=pipelines/$(PIPELINE).flags \
+		--data_dir=$(WORKSPACE)/tfrecords/$(PIPELINE) --run_dir=$(WORKSPACE)/runs/$(PIPELINE)
+	$(PY) -m ecg_tfx.make_sample --condition=atrial_fibrillation --output=$(WORKSPACE)/samples/af
+	$(PY) -m ecg_tfx.predict --model=$(WORKSPACE)/runs/$(PIPELINE)/export/ecg $(WORKSPACE)/samples/af.hea
 
 test: install  ## the whole test suite (CI runs exactly this)
 	$(PY) -m ruff check ecg_tfx tests

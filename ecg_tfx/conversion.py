@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import sys
 import time
 from collections import Counter
 
@@ -146,6 +147,22 @@ def assign_splits(config: ConversionConfig, items: list[shards.Item]) -> dict[st
             for split in splits.SPLITS}
 
 
+class Progress:
+    """A progress bar on a terminal; a log line every 10% otherwise (CI logs, notebooks, files)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.logged = total, 0, 0
+        self.bar = tf.keras.utils.Progbar(total, unit_name="record") if sys.stdout.isatty() else None
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.add(count)
+        elif self.done * 10 // max(self.total, 1) > self.logged or self.done == self.total:
+            self.logged = self.done * 10 // max(self.total, 1)
+            logging.info("converted %d/%d records", self.done, self.total)
+
+
 _worker_progress = None
 
 
@@ -162,7 +179,7 @@ def _write_in_worker(args) -> dict:
 def _run_tasks(tasks: list[shards.ShardTask], source, plan, output_dir: str, num_workers: int,
                on_done) -> list[dict]:
     """Writes every shard, in this process or in `num_workers` processes; reports progress per record."""
-    progress = tf.keras.utils.Progbar(sum(len(t.items) for t in tasks), unit_name="record")
+    progress = Progress(sum(len(t.items) for t in tasks))
     if num_workers <= 1 or len(tasks) <= 1:
         results = []
         for task in tasks:

@@ -105,6 +105,16 @@ def augment_config(spec: ModelSpec) -> AugmentConfig:
         sample_rate_hz=spec.sample_rate_hz)
 
 
+class CSVLogger(keras.callbacks.CSVLogger):
+    """Keras's CSVLogger, able to close a tf.io.gfile file (s3://, gs://): Keras asks it for `.closed`."""
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.csv_file is not None:
+            self.csv_file.close()
+            self.csv_file = None
+        self.writer = None
+
+
 class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint(save_best_only) that ignores the first epochs, like EarlyStopping(start_from_epoch)."""
 
@@ -117,20 +127,25 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
             super().on_epoch_end(epoch, logs)
 
 
-def callbacks(run_dir: str, work_dir: str) -> list[keras.callbacks.Callback]:
-    """Early stopping, LR schedule, best checkpoint, backup (resume after a kill), TensorBoard, CSV log."""
+def callbacks(work_dir: str) -> list[keras.callbacks.Callback]:
+    """Early stopping, LR schedule, best checkpoint, backup (resume after a kill), TensorBoard, CSV log.
+
+    `work_dir` is the run folder on the chief; other multi-worker workers get their own, removed at the end.
+    """
     mode = "min" if "loss" in _MONITOR.value else "max"
     warmup = min(_WARMUP_EPOCHS.value, _EPOCHS.value - 1)
+    backup_dir = storage.join(work_dir, "backup")
+    resuming = tf.io.gfile.exists(backup_dir)  # a fresh run starts a fresh history
     return [
-        keras.callbacks.BackupAndRestore(storage.join(work_dir, "backup")),
+        keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.EarlyStopping(_MONITOR.value, mode=mode, patience=_PATIENCE.value,
                                       restore_best_weights=True, start_from_epoch=warmup),
         keras.callbacks.ReduceLROnPlateau(_MONITOR.value, mode=mode, factor=0.5, patience=_LR_PATIENCE.value,
                                           min_lr=1e-6),
         BestCheckpoint(storage.join(work_dir, "best.keras"), monitor=_MONITOR.value, mode=mode,
                        save_best_only=True, start_from_epoch=warmup),
-        keras.callbacks.TensorBoard(storage.join(run_dir, "logs")),
-        keras.callbacks.CSVLogger(storage.join(work_dir, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(storage.join(work_dir, "logs")),
+        CSVLogger(storage.join(work_dir, "history.csv"), append=True),
     ]
 
 
@@ -157,11 +172,22 @@ def datasets(manifest: dict, spec: ModelSpec, strategy: tf.distribute.Strategy) 
                                         drop_remainder=strategy.num_replicas_in_sync > 1, **common)
     validation = input_pipeline.make_dataset(split="validation", training=False, cache=_CACHE.value and "memory",
                                              **common)
-    enough_files = len(manifest["splits"]["train"]["shards"]) >= distribute.num_workers(strategy)
-    options = tf.data.Options()
+    return train.with_options(shard_options("train", manifest, strategy)), validation.with_options(
+        shard_options("validation", manifest, strategy))
+
+
+def shard_options(split: str, manifest: dict, strategy: tf.distribute.Strategy) -> tf.data.Options:
+    """How multi-worker training splits a dataset between workers: by file when each worker gets one.
+
+    The training pipeline also draws a range (augmentation seeds per step), which FILE sharding cannot
+    split, so training is sharded by data: each worker reads every file and keeps its share of the batches.
+    """
+    enough_files = len(manifest["splits"][split]["shards"]) >= distribute.num_workers(strategy)
     policy = tf.data.experimental.AutoShardPolicy
-    options.experimental_distribute.auto_shard_policy = policy.FILE if enough_files else policy.DATA
-    return train.with_options(options), validation.with_options(options)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        policy.FILE if enough_files and split != "train" else policy.DATA)
+    return options
 
 
 def write_run_files(run_dir: str, spec: ModelSpec, info: dict) -> None:
@@ -199,13 +225,18 @@ def train(run_dir: str) -> dict:
     steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, _BATCH_SIZE.value, split == "train",
                                                      split == "train" and strategy.num_replicas_in_sync > 1)
              for split in ("train", "validation")}
-    history = model.fit(train_data, validation_data=validation_data, epochs=_EPOCHS.value,
+    history = model.fit(train_data, validation_data=validation_data, epochs=_EPOCHS.value, shuffle=False,
                         steps_per_epoch=steps["train"], validation_steps=steps["validation"],
-                        callbacks=callbacks(run_dir, work_dir), verbose=1 if sys.stdout.isatty() else 2)
+                        callbacks=callbacks(work_dir), verbose=1 if sys.stdout.isatty() else 2)
     info["train_seconds"] = round(time.time() - started, 1)
     info["epochs_run"] = len(history.epoch)
-    if not chief:
+    if not chief:  # leaves nothing in the run folder
         tf.io.gfile.rmtree(work_dir)
+        try:
+            if not tf.io.gfile.listdir(storage.join(run_dir, ".workers")):
+                tf.io.gfile.rmtree(storage.join(run_dir, ".workers"))
+        except tf.errors.NotFoundError:  # another worker removed it first (or the store has no folders)
+            pass
         return info
     model.save(storage.join(run_dir, "model.keras"))  # the best weights (EarlyStopping restores them)
     if not tf.io.gfile.exists(storage.join(run_dir, "best.keras")):
@@ -243,4 +274,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        app.run(main)
+    except SystemExit as done:
+        storage.exit_hard_if_s3_touched(done.code)
+        raise

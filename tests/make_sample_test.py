@@ -1,0 +1,18 @@
+"""make_sample writes a WFDB record that wfdb reads back as the synthesized millivolts."""
+
+from __future__ import annotations
+
+import numpy as np
+import wfdb
+
+from ecg_tfx.make_sample import write_sample
+from ecg_tfx.sources.synthetic import synthesize
+
+
+def test_sample_round_trips_through_wfdb(tmp_path):
+    header = write_sample(str(tmp_path / "af"), "atrial_fibrillation", 5.0, 360, seed=3)
+    record = wfdb.rdrecord(header[: -len(".hea")])
+    expected, _ = synthesize("atrial_fibrillation", 5.0, 360, np.random.default_rng(3))
+    assert record.fs == 360 and record.p_signal.shape == (1800, 12) and record.units == ["mV"] * 12
+    assert [name.lower() for name in record.sig_name][:3] == ["i", "ii", "iii"]
+    np.testing.assert_allclose(record.p_signal, expected, atol=2 * np.max(1 / np.array(record.adc_gain)))
