@@ -145,7 +145,7 @@ def callbacks(work_dir: str) -> list[keras.callbacks.Callback]:
         BestCheckpoint(storage.join(work_dir, "best.keras"), monitor=_MONITOR.value, mode=mode,
                        save_best_only=True, start_from_epoch=warmup),
         keras.callbacks.TensorBoard(storage.join(work_dir, "logs")),
-        CSVLogger(storage.join(work_dir, "history.csv"), append=True),
+        CSVLogger(storage.join(work_dir, "history.csv"), append=resuming),
     ]
 
 
