@@ -83,6 +83,22 @@ def split_cpu(devices: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
 
 
+class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy whose `reduce` accepts what Keras 3's `fit` passes it.
+
+    Keras 3 (keras-team/keras#20585) asks it to average a whole (x, y, weight) input batch across workers
+    before each fit/evaluate, only to read the batch's shapes, and to average scalar metric results along
+    axis 0; the collective implementation rejects both. Here an input batch gives this worker's own
+    values (no collective op, so no worker waits on another for it) and scalars are reduced without an axis.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        if isinstance(value, (tuple, list, dict)):  # Keras's sample input batch
+            return tf.nest.map_structure(lambda tensor: self.experimental_local_results(tensor)[0], value)
+        rank = self.experimental_local_results(value)[0].shape.rank
+        return super().reduce(reduce_op, value, axis if rank else None)
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """A strategy from --strategy.
 
@@ -107,7 +123,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return MultiWorkerMirroredStrategy()
     raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
 
 

@@ -1,0 +1,107 @@
+"""Multi-worker training: two local worker processes (TF_CONFIG on 127.0.0.1) train one model together."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ecg_tfx import conversion
+from ecg_tfx.conversion import ConversionConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Small and fast: 100 Hz, 2.5 s inputs, more training shards than workers.
+DATA = ConversionConfig(synthetic_patients=12, synthetic_records_per_patient=2, synthetic_duration_s=10.0,
+                        sample_rate=100, shard_size_mb=0.02)
+TRAIN_ARGS = ["--strategy=multi_worker", "--batch_size=8", "--warmup_epochs=0", "--input_seconds=2.5",
+              "--export=false", "--model=cnn"]
+RUN_FILES = {"model.keras", "model_spec.json", "history.csv", "metrics.json", "run_info.json", "best.keras"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("data")
+    manifest = conversion.run(DATA, str(out))
+    assert len(manifest["splits"]["train"]["shards"]) >= 2
+    return out
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(data_dir: pathlib.Path, run_dir: pathlib.Path, epochs: int, logs: pathlib.Path
+                  ) -> list[subprocess.Popen]:
+    """Two `ecg_tfx.train` processes forming one cluster; worker 0 is the chief."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+               "CUDA_VISIBLE_DEVICES": ""}
+        with open(logs / f"worker{index}.log", "a") as log:
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "ecg_tfx.train", f"--data_dir={data_dir}", f"--run_dir={run_dir}",
+                 f"--epochs={epochs}", *TRAIN_ARGS], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True))
+    return workers
+
+
+def wait_all(workers: list[subprocess.Popen], logs: pathlib.Path, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    try:
+        for index, worker in enumerate(workers):
+            code = worker.wait(max(1.0, deadline - time.time()))
+            assert code == 0, (logs / f"worker{index}.log").read_text()[-4000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+
+
+def test_two_workers_train_and_only_the_chief_writes(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    wait_all(start_workers(data_dir, run_dir, epochs=2, logs=tmp_path), tmp_path)
+    names = {p.name for p in run_dir.iterdir()}
+    assert RUN_FILES <= names
+    assert ".workers" not in names and "backup" not in names  # the non-chief's folder and the backup are gone
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch") and [row.split(",")[0] for row in history[1:]] == ["0", "1"]
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["replicas"] == 2 and info["epochs_run"] == 2
+    # one TensorBoard writer per kind: the chief's only
+    assert [len(list((run_dir / "logs" / kind).iterdir())) for kind in ("train", "validation")] == [1, 1]
+    assert "test_metrics" in info and (run_dir / "metrics.json").stat().st_size > 0
+
+
+def test_killed_run_resumes_from_its_backup(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    workers = start_workers(data_dir, run_dir, epochs=4, logs=tmp_path)
+    metadata = run_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 180
+    while not metadata.exists() and time.time() < deadline and all(w.poll() is None for w in workers):
+        time.sleep(0.2)
+    for worker in workers:  # a preemption: both workers die at once after the first backup
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    assert metadata.exists(), (tmp_path / "worker0.log").read_text()[-4000:]
+    (tmp_path / "worker0.log").write_text("")
+    wait_all(start_workers(data_dir, run_dir, epochs=4, logs=tmp_path), tmp_path)
+    resumed = (tmp_path / "worker0.log").read_text()
+    assert "Epoch 4/4" in resumed and "Epoch 1/4" not in resumed  # continued, not restarted
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    epochs = [row.split(",")[0] for row in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs[-1] == "3" and len(set(epochs)) == len(epochs)
