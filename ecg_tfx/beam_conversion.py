@@ -11,7 +11,7 @@ fails goes to a tagged output and ends up in the manifest's `skipped`, as locall
 
 Per-record counts and each written shard's example count and sha256 come back as JSON lines under
 `.progress/beam/`, from which the launcher writes the same manifest as the local converter. On Dataflow,
-Flink or Spark, pass that runner's options in --beam_args (the workers need ecg_tfx: e.g. --setup_file).
+Flink or Spark, pass that runner's options in --beam_args (its workers need ecg_tfx: --extra_package=<its wheel>).
 """
 
 from __future__ import annotations

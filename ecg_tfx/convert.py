@@ -21,7 +21,7 @@ _RUNNER = flags.DEFINE_enum("runner", "local", ["local", "beam"],
                             "local: worker processes on this machine; beam: an Apache Beam pipeline "
                             "(pip install apache-beam[tfrecord]), same output.")
 _BEAM_ARGS = flags.DEFINE_string("beam_args", "", "Beam pipeline options for --runner=beam, e.g. "
-                                 "'--runner=DataflowRunner --project=... --setup_file=./setup.py'.")
+                                 "'--runner=DataflowRunner --project=... --extra_package=<ecg_tfx wheel>'.")
 
 
 def summary(manifest: dict) -> str:
