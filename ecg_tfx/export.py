@@ -39,7 +39,7 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, pr
 
 from ecg_tfx import input_pipeline, schema, storage
 from ecg_tfx.model_spec import ModelSpec, frame, window_probabilities
-from ecg_tfx.preprocessing import _odd_reflect_pad, fir_taps, preprocess, standardize
+from ecg_tfx.preprocessing import preprocess
 from ecg_tfx.resample import resample
 
 FLAGS = flags.FLAGS
@@ -275,28 +275,6 @@ def write_warmup(path: str, spec: ModelSpec, model_name: str) -> None:
 # --- TFLite -----------------------------------------------------------------------------------------------------
 
 
-def tflite_preprocess(signal: tf.Tensor, spec: ModelSpec) -> tf.Tensor:
-    """`preprocessing.preprocess` for a fixed-shape window in TFLite builtin ops.
-
-    TFLite has no IRFFT, so the FIR runs as a direct convolution (same taps, same odd reflection, same mean
-    handling as `preprocessing.fir_filter`); agreement with the SavedModel is measured in the export report.
-    """
-    config = spec.preprocessing
-    taps = fir_taps(config)
-    if taps is not None:
-        rows = tf.transpose(signal, [0, 2, 1])  # [batch, leads, time]
-        mean = tf.reduce_mean(rows, axis=-1, keepdims=True)
-        padded = _odd_reflect_pad(rows - mean, (len(taps) - 1) // 2)
-        kernel = tf.constant(taps[::-1].reshape(-1, 1, 1), tf.float32)  # conv1d correlates: flip for convolution
-        padded_length = spec.window_samples + len(taps) - 1
-        filtered = tf.nn.conv1d(tf.reshape(padded, [-1, padded_length, 1]), kernel, stride=1, padding="VALID")
-        filtered = tf.reshape(filtered, tf.shape(rows)) + mean * float(np.sum(taps))
-        signal = tf.transpose(filtered, [0, 2, 1])
-    if config.standardize:
-        signal = standardize(signal)
-    return signal
-
-
 def save_window_model(model: keras.Model, spec: ModelSpec, path: str) -> None:
     """Saves the TFLite source graph: raw mV window [1, window_samples, leads] at the spec's rate -> probabilities.
 
@@ -307,7 +285,8 @@ def save_window_model(model: keras.Model, spec: ModelSpec, path: str) -> None:
     archive.track(model)
     archive.add_endpoint(
         "serving_default",
-        lambda ecg: {"probabilities": window_probabilities(model, tflite_preprocess(ecg, spec), spec)},
+        lambda ecg: {"probabilities": window_probabilities(  # TFLite has no inverse FFT: the same FIR, direct
+            model, preprocess(ecg, spec.preprocessing, method="direct"), spec)},
         input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32, name="ecg")])
     archive.write_out(path, verbose=False)
 

@@ -88,18 +88,22 @@ def _fir_taps_cached(
     return scipy.signal.firwin(numtaps, cutoffs, window=("kaiser", beta), pass_zero=not highpass, fs=rate)
 
 
-def preprocess(signal: tf.Tensor, config: PreprocessConfig) -> tf.Tensor:
-    """Filters and standardizes float `signal` [batch, time, leads] (mV); returns float32, same shape."""
+def preprocess(signal: tf.Tensor, config: PreprocessConfig, method: str = "fft") -> tf.Tensor:
+    """Filters and standardizes float `signal` [batch, time, leads] (mV); returns float32, same shape.
+
+    `method` only chooses how the same FIR is computed: "fft" (fast; training and the SavedModel) or
+    "direct" (a plain convolution, for TFLite, which has no inverse FFT).
+    """
     signal = tf.cast(tf.convert_to_tensor(signal), tf.float32)
     taps = fir_taps(config)
     if taps is not None:
-        signal = fir_filter(signal, taps)
+        signal = fir_filter(signal, taps, method)
     if config.standardize:
         signal = standardize(signal)
     return signal
 
 
-def fir_filter(signal: tf.Tensor, taps: np.ndarray) -> tf.Tensor:
+def fir_filter(signal: tf.Tensor, taps: np.ndarray, method: str = "fft") -> tf.Tensor:
     """Zero-phase FIR over time for [batch, time, leads] float32, with odd reflection at both ends.
 
     Equals `np.convolve(np.pad(x, half, mode="reflect", reflect_type="odd"), taps, mode="valid")` per lead,
@@ -116,9 +120,17 @@ def fir_filter(signal: tf.Tensor, taps: np.ndarray) -> tf.Tensor:
     mean = tf.reduce_mean(rows, axis=-1, keepdims=True)
     padded = _odd_reflect_pad(rows - mean, (num_taps - 1) // 2)
     length = tf.shape(rows)[-1]
-    fft_length = _next_power_of_two(length + num_taps - 1)
-    spectrum = tf.signal.rfft(padded, [fft_length]) * tf.signal.rfft(tf.constant(taps, tf.float32), [fft_length])
-    filtered = tf.signal.irfft(spectrum, [fft_length])[..., num_taps - 1 : num_taps - 1 + length]
+    if method == "direct":
+        kernel = tf.constant(taps[::-1].reshape(-1, 1, 1), tf.float32)  # conv1d correlates: flip to convolve
+        flat = tf.reshape(padded, [-1, length + num_taps - 1, 1])
+        filtered = tf.reshape(tf.nn.conv1d(flat, kernel, stride=1, padding="VALID"), tf.shape(rows))
+    elif method == "fft":
+        fft_length = _next_power_of_two(length + num_taps - 1)
+        taps_spectrum = tf.signal.rfft(tf.constant(taps, tf.float32), [fft_length])
+        filtered = tf.signal.irfft(tf.signal.rfft(padded, [fft_length]) * taps_spectrum, [fft_length])
+        filtered = filtered[..., num_taps - 1 : num_taps - 1 + length]
+    else:
+        raise ValueError(f"method must be 'fft' or 'direct', got {method!r}")
     return tf.transpose(filtered + mean * float(np.sum(taps)), [0, 2, 1])
 
 
