@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from ecg_tfx import export, transform
+from ecg_tfx import export, storage, transform
 from ecg_tfx.model_spec import ModelSpec
 from ecg_tfx.records import STANDARD12, RecordRef, canonical_lead
 from ecg_tfx.sources import RecordError
@@ -224,4 +224,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    storage.run_app(main)

@@ -39,6 +39,17 @@ def enable_filesystem(path: str) -> None:
         ) from error
 
 
+def run_app(main) -> None:
+    """`absl.app.run(main)` for our CLIs: leaves with `exit_hard_if_s3_touched` once main is done."""
+    from absl import app
+
+    try:
+        app.run(main)
+    except SystemExit as done:
+        exit_hard_if_s3_touched(done.code)
+        raise
+
+
 def exit_hard_if_s3_touched(code: int | str | None) -> None:
     """Ends the process now with `code` (as `sys.exit` would) if a tensorflow-io filesystem was used.
 

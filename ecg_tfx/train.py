@@ -274,8 +274,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        app.run(main)
-    except SystemExit as done:
-        storage.exit_hard_if_s3_touched(done.code)
-        raise
+    storage.run_app(main)
