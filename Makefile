@@ -28,5 +28,8 @@ lint: install
 	$(PY) -m ruff check ecg_tfx tests
 	$(PY) -m ruff format --check ecg_tfx tests
 
+bench: install  ## measured ratios (conversion, input pipeline, precision, export, serving) -> bench/results.md
+	$(PY) bench/run.py
+
 clean:
 	rm -rf $(WORKSPACE)
