@@ -19,8 +19,9 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ecg_tfx import conversion, conversion_flags, distribute, evaluation, export, input_pipeline, plots, storage
+from ecg_tfx import conversion, conversion_flags, distribute, evaluation, export_lib, input_pipeline, plots, storage
 from ecg_tfx.augment import AugmentConfig
+from ecg_tfx.callbacks import BestCheckpoint, CSVLogger
 from ecg_tfx.model_spec import ModelSpec
 from ecg_tfx.models import MODELS, build_model
 from ecg_tfx.preprocessing import PreprocessConfig
@@ -103,28 +104,6 @@ def augment_config(spec: ModelSpec) -> AugmentConfig:
         scale_range=tuple(float(v) for v in _SCALE_RANGE.value) if _SCALE_RANGE.value else None,
         noise_std=_NOISE_STD.value, wander_amplitude=_WANDER_AMPLITUDE.value, lead_dropout=_LEAD_DROPOUT.value,
         sample_rate_hz=spec.sample_rate_hz)
-
-
-class CSVLogger(keras.callbacks.CSVLogger):
-    """Keras's CSVLogger, able to close a tf.io.gfile file (s3://, gs://): Keras asks it for `.closed`."""
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if self.csv_file is not None:
-            self.csv_file.close()
-            self.csv_file = None
-        self.writer = None
-
-
-class BestCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint(save_best_only) that ignores the first epochs, like EarlyStopping(start_from_epoch)."""
-
-    def __init__(self, *args, start_from_epoch: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.start_from_epoch = start_from_epoch
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if epoch >= self.start_from_epoch:
-            super().on_epoch_end(epoch, logs)
 
 
 def callbacks(work_dir: str) -> list[keras.callbacks.Callback]:
@@ -251,7 +230,7 @@ def finish(run_dir: str, model: keras.Model, spec: ModelSpec, manifest: dict, in
         out_dir = evaluation.default_out_dir(run_dir, split, "final")
         info[f"{split}_metrics"] = evaluation.evaluate(model, spec, _DATA_DIR.value, manifest, split, out_dir)
     if _EXPORT.value:
-        info["export"] = export.export_run(run_dir, _EXPORT_DIR.value or storage.join(run_dir, "export"),
+        info["export"] = export_lib.export_run(run_dir, _EXPORT_DIR.value or storage.join(run_dir, "export"),
                                            _MODEL_NAME.value, tflite=_TFLITE.value, data_dir=_DATA_DIR.value)
     storage.write_json(storage.join(run_dir, "run_info.json"), info)
     return info

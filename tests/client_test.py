@@ -1,4 +1,4 @@
-"""The REST and gRPC clients against a real `export.export_run` SavedModel served by `ecg_tfx.serve`.
+"""The REST and gRPC clients against a real `export_lib.export_run` SavedModel served by `ecg_tfx.serve`.
 
 The run is built as in export_test (a ModelSpec and a registry CNN saved to a run folder) but left untrained and
 small, so exporting takes seconds; training is not what these tests are about.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecg_tfx import client, export, labels, schema, serve
+from ecg_tfx import client, export_lib, labels, rest_api, schema
 from ecg_tfx.model_spec import ModelSpec
 from ecg_tfx.models import build_model
 from ecg_tfx.preprocessing import PreprocessConfig
@@ -34,20 +34,20 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     run_dir.mkdir()
     keras.utils.set_random_seed(0)
     build_model(SPEC.model, len(SPEC.leads), len(SPEC.labels), SPEC.multi_label, SPEC.sample_rate_hz).save(
-        run_dir / export.MODEL_FILE)
+        run_dir / export_lib.MODEL_FILE)
     SPEC.save(str(run_dir))
-    return pathlib.Path(export.export_run(str(run_dir), str(root / "export"), "ecg"))
+    return pathlib.Path(export_lib.export_run(str(run_dir), str(root / "export"), "ecg"))
 
 
 @pytest.fixture(scope="module")
-def servable(exported) -> serve.Servable:
-    return serve.Servable.load(str(exported), 1)
+def servable(exported) -> rest_api.Servable:
+    return rest_api.Servable.load(str(exported), 1)
 
 
 @pytest.fixture(scope="module")
 def server(exported):
-    model = serve.Model.load("ecg", str(exported.parent), {"stable": 1})
-    with serve.Server({"ecg": model}) as running:
+    model = rest_api.Model.load("ecg", str(exported.parent), {"stable": 1})
+    with rest_api.Server({"ecg": model}) as running:
         yield running
 
 
@@ -66,10 +66,10 @@ def test_status_and_metadata_of_a_real_export(rest):
     assert rest.status()["model_version_status"] == [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
     signatures = rest.metadata()["metadata"]["signature_def"]["signature_def"]
-    assert set(export.SIGNATURES) <= set(signatures)
+    assert set(export_lib.SIGNATURES) <= set(signatures)
     ecg = signatures["serving_default"]["inputs"]["ecg"]
     assert [d["size"] for d in ecg["tensor_shape"]["dim"]] == ["-1", "-1", "12"]
-    assert signatures["classify"]["method_name"] == export.CLASSIFY_METHOD
+    assert signatures["classify"]["method_name"] == export_lib.CLASSIFY_METHOD
 
 
 def test_predict_equals_calling_the_saved_model(rest, servable):
@@ -130,7 +130,7 @@ def test_grpc_client_speaks_tf_servings_protos(servable):
         def Predict(self, request, context):  # noqa: N802 - gRPC's method name
             assert (request.model_spec.name, request.model_spec.version_label) == ("ecg", "stable")
             inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
-            outputs = serve.run_signature(servable, request.model_spec.signature_name, inputs)
+            outputs = rest_api.run_signature(servable, request.model_spec.signature_name, inputs)
             response = predict_pb2.PredictResponse()
             for name, value in outputs.items():
                 response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
@@ -139,7 +139,7 @@ def test_grpc_client_speaks_tf_servings_protos(servable):
         def Classify(self, request, context):  # noqa: N802
             examples = [e.SerializeToString() for e in request.input.example_list.examples]
             response = classification_pb2.ClassificationResponse()
-            for result in serve.classify(servable, request.model_spec.signature_name, examples)["results"]:
+            for result in rest_api.classify(servable, request.model_spec.signature_name, examples)["results"]:
                 response.result.classifications.add().classes.extend(
                     classification_pb2.Class(label=label, score=score) for label, score in result)
             return response

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from ecg_tfx import conversion, export, input_pipeline, schema, transform
+from ecg_tfx import conversion, export_lib, input_pipeline, schema, transform
 from ecg_tfx.model_spec import ModelSpec, window_probabilities
 from ecg_tfx.models import build_model
 from ecg_tfx.preprocessing import PreprocessConfig, preprocess
@@ -46,9 +46,9 @@ def build_export(root: pathlib.Path) -> dict[str, pathlib.Path]:
     model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 16, training=False), epochs=1,
               verbose=0)
     run_dir.mkdir()
-    model.save(run_dir / export.MODEL_FILE)
+    model.save(run_dir / export_lib.MODEL_FILE)
     spec.save(str(run_dir))
-    version_dir = export.export_run(str(run_dir), str(export_dir), "ecg", tflite=True, data_dir=str(data_dir))
+    version_dir = export_lib.export_run(str(run_dir), str(export_dir), "ecg", tflite=True, data_dir=str(data_dir))
     _BUILT[str(root)] = {"data": data_dir, "run": run_dir, "export_dir": export_dir,
                          "version": pathlib.Path(version_dir)}
     return _BUILT[str(root)]
@@ -71,11 +71,11 @@ def spec(built) -> ModelSpec:
 
 @pytest.fixture(scope="session")
 def keras_model(built) -> keras.Model:
-    return keras.saving.load_model(built["run"] / export.MODEL_FILE, compile=False)
+    return keras.saving.load_model(built["run"] / export_lib.MODEL_FILE, compile=False)
 
 
 def _test_examples(built, spec: ModelSpec) -> np.ndarray:
-    return export.read_windows(str(built["data"]), "test", spec, 100)[1]
+    return export_lib.read_windows(str(built["data"]), "test", spec, 100)[1]
 
 
 def test_layout_assets_and_version_folder(built, spec):
@@ -83,10 +83,10 @@ def test_layout_assets_and_version_folder(built, spec):
     assert version == built["export_dir"] / "ecg" / "1"
     assert (version / "assets" / "labels.txt").read_text().splitlines() == list(spec.labels)
     assert sorted(os.listdir(version.parent)) == ["1"]
-    report = json.loads((version / export.REPORT_FILE).read_text())
+    report = json.loads((version / export_lib.REPORT_FILE).read_text())
     for entry in report["tflite"].values():
         assert entry["size_bytes"] == (version / entry["file"]).stat().st_size > 0
-    assert ModelSpec.load(str(version / export.TFLITE_DIR)) == spec
+    assert ModelSpec.load(str(version / export_lib.TFLITE_DIR)) == spec
 
 
 def test_plain_tensorflow_loads_and_calls_every_signature(built, spec):
@@ -150,7 +150,7 @@ def test_saved_model_cli_lists_the_three_signatures(built):
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
     sections = {name: text.split(f"signature_def['{name}']:")[1].split("signature_def[")[0]
-                for name in export.SIGNATURES}
+                for name in export_lib.SIGNATURES}
     default = sections["serving_default"]
     assert "dtype: DT_FLOAT\n        shape: (-1, -1, 12)\n        name: serving_default_ecg:0" in default
     assert "dtype: DT_FLOAT\n        shape: (-1)\n        name: serving_default_sample_rate:0" in default
@@ -211,7 +211,7 @@ def test_one_request_with_two_sample_rates_is_refused(loaded):
 
 def test_short_recording_is_zero_padded_like_the_converter(loaded, spec):
     """A 4 s recording is one padded window: the same as sending that padded window as an example."""
-    signal = export.warmup_signal(spec)[:2000]
+    signal = export_lib.warmup_signal(spec)[:2000]
     padded = transform.windows(signal, transform.WindowPlan(spec.leads, 500, 5000, 5000, True, spec.labels))[0]
     example = schema.make_example(padded, spec.leads, 500, [], [], "r", "p", 0)
     short = loaded.signatures["serving_default"](ecg=tf.constant(signal[None]), sample_rate=tf.constant([500.0]))
@@ -220,7 +220,7 @@ def test_short_recording_is_zero_padded_like_the_converter(loaded, spec):
 
 
 def test_warmup_requests_replay_against_their_signatures(built, loaded):
-    path = built["version"] / "assets.extra" / export.WARMUP_FILE
+    path = built["version"] / "assets.extra" / export_lib.WARMUP_FILE
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
     assert [log.WhichOneof("log_type") for log in logs] == ["predict_log", "predict_log", "classify_log"]
     for log in logs[:2]:
@@ -235,7 +235,7 @@ def test_warmup_requests_replay_against_their_signatures(built, loaded):
 
 
 def test_tflite_models_agree_with_the_saved_model(built, spec):
-    report = json.loads((built["version"] / export.REPORT_FILE).read_text())
+    report = json.loads((built["version"] / export_lib.REPORT_FILE).read_text())
     assert report["agreement_windows"] == 4 and report["saved_model"]["latency_ms_batch1"] > 0
     float32 = report["tflite"]["float32"]
     assert float32["quantization"] == "float32" and float32["usable"]
@@ -243,11 +243,11 @@ def test_tflite_models_agree_with_the_saved_model(built, spec):
     int8 = report["tflite"]["int8"]
     assert int8["quantization"] in ("full_integer_int8", "dynamic_range")
     assert 0 <= int8["argmax_agreement"] <= 1 and int8["latency_ms_batch1"] > 0
-    assert int8["usable"] == (int8["argmax_agreement"] >= export.MIN_AGREEMENT)
+    assert int8["usable"] == (int8["argmax_agreement"] >= export_lib.MIN_AGREEMENT)
     assert ("warning" in int8) == (not int8["usable"])
     # The float model, run here on a test window, reproduces the SavedModel's probabilities.
-    runner = export.TFLiteRunner((built["version"] / float32["file"]).read_bytes())
-    windows, examples = export.read_windows(str(built["data"]), "test", spec, 1)
+    runner = export_lib.TFLiteRunner((built["version"] / float32["file"]).read_bytes())
+    windows, examples = export_lib.read_windows(str(built["data"]), "test", spec, 1)
     saved = tf.saved_model.load(str(built["version"])).signatures["serve_examples"](examples=tf.constant(examples))
     np.testing.assert_allclose(runner(windows), saved["probabilities"].numpy(), atol=1e-4)
 
@@ -259,13 +259,13 @@ def test_failed_export_leaves_no_version_and_versions_count_up(built, tmp_path):
     shard.write_bytes(shard.read_bytes()[:1000])  # truncated: fails while reading calibration windows
     export_dir = tmp_path / "export"
     with pytest.raises(tf.errors.DataLossError):
-        export.export_run(str(built["run"]), str(export_dir), "ecg", tflite=True, data_dir=str(broken))
+        export_lib.export_run(str(built["run"]), str(export_dir), "ecg", tflite=True, data_dir=str(broken))
     assert os.listdir(export_dir / "ecg") == []
-    assert export.export_run(str(built["run"]), str(export_dir), "ecg") == str(export_dir / "ecg" / "1")
-    assert export.export_run(str(built["run"]), str(export_dir), "ecg", version=7) == str(export_dir / "ecg" / "7")
-    assert export.next_version(str(export_dir / "ecg")) == 8
+    assert export_lib.export_run(str(built["run"]), str(export_dir), "ecg") == str(export_dir / "ecg" / "1")
+    assert export_lib.export_run(str(built["run"]), str(export_dir), "ecg", version=7) == str(export_dir / "ecg" / "7")
+    assert export_lib.next_version(str(export_dir / "ecg")) == 8
     with pytest.raises(FileExistsError, match="exists"):
-        export.export_run(str(built["run"]), str(export_dir), "ecg", version=7)
+        export_lib.export_run(str(built["run"]), str(export_dir), "ecg", version=7)
 
 
 def test_cli_validates_flags_before_any_work(built, tmp_path):

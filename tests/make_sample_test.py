@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import wfdb
 
-from ecg_tfx.make_sample import write_sample
 from ecg_tfx.sources.synthetic import synthesize
 
 
 def test_sample_round_trips_through_wfdb(tmp_path):
-    header = write_sample(str(tmp_path / "af"), "atrial_fibrillation", 5.0, 360, seed=3)
-    record = wfdb.rdrecord(header[: -len(".hea")])
+    done = subprocess.run([sys.executable, "-m", "ecg_tfx.make_sample", "--condition=atrial_fibrillation",
+                           "--duration_s=5", "--sample_rate=360", "--seed=3", f"--output={tmp_path / 'af'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout and "af.hea" in done.stdout
+    record = wfdb.rdrecord(str(tmp_path / "af"))
     expected, _ = synthesize("atrial_fibrillation", 5.0, 360, np.random.default_rng(3))
     assert record.fs == 360 and record.p_signal.shape == (1800, 12) and record.units == ["mV"] * 12
     assert [name.lower() for name in record.sig_name][:3] == ["i", "ii", "iii"]

@@ -13,7 +13,7 @@ import tensorflow as tf
 import wfdb
 from export_test import build_export
 
-from ecg_tfx import export, predict, transform
+from ecg_tfx import export_lib, predictors, transform
 
 UPPER_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
@@ -27,7 +27,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
 def inputs(built, tmp_path_factory) -> dict[str, object]:
     """One 12 s test recording at 250 Hz written as WFDB (mV), CSV (uV, shuffled columns + an extra) and .npy (V)."""
     folder = tmp_path_factory.mktemp("predict_inputs")
-    windows, _ = export.read_windows(str(built["data"]), "test", export.ModelSpec.load(str(built["run"])), 2)
+    windows, _ = export_lib.read_windows(str(built["data"]), "test", export_lib.ModelSpec.load(str(built["run"])), 2)
     signal = transform.resample(np.concatenate(windows)[:6000], 500, 250).astype(np.float64)  # 12 s
     wfdb.wrsamp("rec", fs=250, units=["mV"] * 12, sig_name=UPPER_LEADS, p_signal=signal, fmt=["32"] * 12,
                 adc_gain=[100000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
@@ -68,9 +68,9 @@ def test_cli_text_output_and_npy_through_tflite(built, inputs):
     text = _run(f"--model={tflite}", "--sample_rate=250", "--units=V", f"--leads={leads}", inputs["npy"])
     assert text.returncode == 0, text.stderr[-2000:]
     assert text.stdout.startswith(f"{inputs['npy']}: ") and "top 3: " in text.stdout
-    saved = predict.diagnose(predict.load_predictor(str(built["version"])), inputs["npy"], 5, sample_rate=250,
+    saved = predictors.diagnose(predictors.load_predictor(str(built["version"])), inputs["npy"], 5, sample_rate=250,
                              leads=UPPER_LEADS, units="V")
-    lite = predict.diagnose(predict.TFLitePredictor(str(tflite)), inputs["npy"], 5, sample_rate=250,
+    lite = predictors.diagnose(predictors.TFLitePredictor(str(tflite)), inputs["npy"], 5, sample_rate=250,
                             leads=UPPER_LEADS, units="V")
     assert lite["diagnosis"] == saved["diagnosis"] and f"{saved['diagnosis']} (confidence" in text.stdout
     for a, b in zip(lite["top_k"], saved["top_k"]):
@@ -84,25 +84,25 @@ def test_cli_refuses_a_csv_without_rate_and_exits_non_zero(built, inputs):
 
 
 def test_missing_rate_units_and_leads_are_clear_errors(inputs, tmp_path):
-    with pytest.raises(predict.InputError, match="pass --sample_rate"):
-        predict.read_recording(inputs["npy"], units="V", leads=UPPER_LEADS)
-    with pytest.raises(predict.InputError, match="pass --units"):
-        predict.read_recording(inputs["csv"], sample_rate=250)
-    with pytest.raises(predict.InputError, match="pass --leads"):
-        predict.read_recording(inputs["npy"], sample_rate=250, units="V")
-    with pytest.raises(predict.InputError, match="header says 250.0 Hz but --sample_rate=500"):
-        predict.read_recording(inputs["hea"], sample_rate=500)
-    six = predict.read_recording(inputs["npy"], sample_rate=250, units="V", leads=UPPER_LEADS[:6] + ["a"] * 6)
-    with pytest.raises(predict.InputError, match="needs leads v1,v2,v3,v4,v5,v6, which the input lacks"):
-        predict.match_leads(six, tuple(name.lower() for name in UPPER_LEADS))
-    with pytest.raises(predict.InputError, match="not a whole number"):
-        predict.whole_rate(360.5)
+    with pytest.raises(predictors.InputError, match="pass --sample_rate"):
+        predictors.read_recording(inputs["npy"], units="V", leads=UPPER_LEADS)
+    with pytest.raises(predictors.InputError, match="pass --units"):
+        predictors.read_recording(inputs["csv"], sample_rate=250)
+    with pytest.raises(predictors.InputError, match="pass --leads"):
+        predictors.read_recording(inputs["npy"], sample_rate=250, units="V")
+    with pytest.raises(predictors.InputError, match="header says 250.0 Hz but --sample_rate=500"):
+        predictors.read_recording(inputs["hea"], sample_rate=500)
+    six = predictors.read_recording(inputs["npy"], sample_rate=250, units="V", leads=UPPER_LEADS[:6] + ["a"] * 6)
+    with pytest.raises(predictors.InputError, match="needs leads v1,v2,v3,v4,v5,v6, which the input lacks"):
+        predictors.match_leads(six, tuple(name.lower() for name in UPPER_LEADS))
+    with pytest.raises(predictors.InputError, match="not a whole number"):
+        predictors.whole_rate(360.5)
 
 
 def test_units_are_converted_to_millivolts(inputs):
-    wfdb_mv = predict.read_recording(inputs["hea"])
-    csv_uv = predict.read_recording(inputs["csv"], sample_rate=250, units="uV")
-    npy_v = predict.read_recording(inputs["npy"], sample_rate=250, units="V", leads=UPPER_LEADS)
+    wfdb_mv = predictors.read_recording(inputs["hea"])
+    csv_uv = predictors.read_recording(inputs["csv"], sample_rate=250, units="uV")
+    npy_v = predictors.read_recording(inputs["npy"], sample_rate=250, units="V", leads=UPPER_LEADS)
     model_leads = tuple(name.lower() for name in UPPER_LEADS)
     for recording in (wfdb_mv, csv_uv, npy_v):
-        np.testing.assert_allclose(predict.match_leads(recording, model_leads), inputs["signal"], atol=1e-4)
+        np.testing.assert_allclose(predictors.match_leads(recording, model_leads), inputs["signal"], atol=1e-4)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecg_tfx import export, serve
+from ecg_tfx import export_lib, rest_api
 
 LEADS = 12
 LABELS = ("normal", "mi", "other")
@@ -67,7 +67,7 @@ def save_toy_model(path: pathlib.Path, scale: float) -> None:
         "serving_default": module.serve_ecg.get_concrete_function(),
         "serve_examples": module.serve_examples.get_concrete_function(),
         "classify": module.classify.get_concrete_function()})
-    export.set_method_name(str(path), "classify", export.CLASSIFY_METHOD)
+    export_lib.set_method_name(str(path), "classify", export_lib.CLASSIFY_METHOD)
 
 
 def expected_probabilities(ecg: np.ndarray, version: int) -> np.ndarray:
@@ -97,12 +97,12 @@ def toy_base(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def server(toy_base):
-    model = serve.Model.load("ecg", str(toy_base), {"stable": 1, "canary": 2})
-    with serve.Server({"ecg": model}, max_request_bytes=MAX_REQUEST_BYTES) as running:
+    model = rest_api.Model.load("ecg", str(toy_base), {"stable": 1, "canary": 2})
+    with rest_api.Server({"ecg": model}, max_request_bytes=MAX_REQUEST_BYTES) as running:
         yield running
 
 
-def call(server: serve.Server, method: str, path: str, body: bytes | str | dict | None = None) -> tuple[int, dict]:
+def call(server: rest_api.Server, method: str, path: str, body: bytes | str | dict | None = None) -> tuple[int, dict]:
     """One raw HTTP request; returns the status and the parsed JSON body (every answer must be JSON)."""
     if isinstance(body, dict):
         body = json.dumps(body)
@@ -121,7 +121,7 @@ def columnar(ecg: np.ndarray, rate: float = 500.0) -> dict:
     return {"inputs": {"ecg": ecg.tolist(), "sample_rate": [rate] * len(ecg)}}
 
 
-def assert_still_serving(server: serve.Server) -> None:
+def assert_still_serving(server: rest_api.Server) -> None:
     ecg = ecg_batch(1, seed=9)
     status, body = call(server, "POST", "/v1/models/ecg:predict", columnar(ecg))
     assert status == 200, body
@@ -317,10 +317,10 @@ def test_parallel_clients_each_get_their_own_answer(server):
 
 def test_labels_must_point_at_loaded_versions(toy_base):
     with pytest.raises(ValueError, match="'beta' points at version 7, which is not loaded"):
-        serve.Model.load("ecg", str(toy_base), {"beta": 7})
-    assert serve.parse_version_labels("stable:1, canary:2") == {"stable": 1, "canary": 2}
+        rest_api.Model.load("ecg", str(toy_base), {"beta": 7})
+    assert rest_api.parse_version_labels("stable:1, canary:2") == {"stable": 1, "canary": 2}
     with pytest.raises(ValueError, match="expected label:version"):
-        serve.parse_version_labels("stable=1")
+        rest_api.parse_version_labels("stable=1")
 
 
 def test_cli_serves_in_a_subprocess_until_terminated(toy_base):

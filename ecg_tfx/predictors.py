@@ -1,0 +1,173 @@
+"""Reading ECG files and scoring them with an exported model (SavedModel or TFLite), for `predict`.
+
+Inputs: WFDB records (the `.hea` path; rate, lead names and units come from the header), CSV (a header row of lead
+names, one column per lead; the rate and units must be given) and `.npy` ([time, leads]; rate, units and lead
+names must be given). Leads are matched to the model's by name; rate and units are never guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from ecg_tfx import export_lib, transform
+from ecg_tfx.model_spec import ModelSpec
+from ecg_tfx.records import STANDARD12, RecordRef, canonical_lead
+from ecg_tfx.sources import RecordError
+from ecg_tfx.sources.ptb import available_channels, read_header, read_wfdb_record
+
+TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
+
+
+class InputError(ValueError):
+    """An input file cannot be used as given; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """One input: float32 mV samples [time, leads] with canonical lead names."""
+
+    signal: np.ndarray
+    leads: tuple[str, ...]
+    sample_rate_hz: float
+
+
+def read_recording(path: str, sample_rate: float | None = None, leads: list[str] | None = None,
+                   units: str | None = None) -> Recording:
+    """Reads a WFDB `.hea`, a CSV or a `.npy` file; what the file does not say must be given, never guessed."""
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".hea":
+        return _read_wfdb(path, sample_rate)
+    if extension not in (".csv", ".npy"):
+        raise InputError(f"unknown input type {extension!r}; give a WFDB .hea, a .csv or a .npy file")
+    if sample_rate is None:
+        raise InputError(f"a {extension} file does not say its sample rate; pass --sample_rate=Hz")
+    if units is None:
+        raise InputError(f"a {extension} file does not say its units; pass --units=mV (or uV, V)")
+    if extension == ".csv":
+        signal, names = _read_csv(path)
+    else:
+        if not leads:
+            raise InputError("a .npy file has no lead names; pass --leads=i,ii,... (one per column)")
+        signal, names = np.load(path), list(STANDARD12) if leads == ["standard12"] else leads
+    if signal.ndim != 2 or signal.shape[1] != len(names):
+        raise InputError(f"samples of shape {signal.shape} do not match {len(names)} leads {names}")
+    if not np.all(np.isfinite(signal)):
+        raise InputError("has NaN or infinite samples")
+    return Recording((signal * TO_MV[units]).astype(np.float32), tuple(canonical_lead(n) for n in names),
+                     sample_rate)
+
+
+def _read_wfdb(path: str, sample_rate: float | None) -> Recording:
+    record_path = path[: -len(".hea")]
+    try:
+        header = read_header(record_path)
+        channels = available_channels(header, record_path, optional_suffixes=(".xyz",))
+        leads = tuple(canonical_lead(header.sig_name[i]) for i in channels)
+        ref = RecordRef(record_id=record_path, patient_id="", labels=(), leads=leads, sample_rate_hz=header.fs,
+                        duration_s=header.sig_len / header.fs, path=record_path)
+        record = read_wfdb_record(ref, optional_suffixes=(".xyz",))
+    except RecordError as error:
+        raise InputError(str(error)) from None
+    if sample_rate is not None and sample_rate != record.sample_rate_hz:
+        raise InputError(f"the header says {record.sample_rate_hz} Hz but --sample_rate={sample_rate}; "
+                         "leave --sample_rate out for WFDB records")
+    return Recording(record.signal, record.leads, record.sample_rate_hz)
+
+
+def _read_csv(path: str) -> tuple[np.ndarray, list[str]]:
+    with open(path) as f:
+        names = [name.strip() for name in f.readline().split(",")]
+    if not names or any(not name or _is_number(name) for name in names):
+        raise InputError(f"the first row must name the leads (e.g. I,II,V1), got {names}")
+    signal = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+    return signal, names
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def match_leads(recording: Recording, model_leads: tuple[str, ...]) -> np.ndarray:
+    """The recording's columns in the model's lead order; extra leads are dropped, missing ones are an error."""
+    index = {name: i for i, name in enumerate(recording.leads)}
+    missing = [name for name in model_leads if name not in index]
+    if missing:
+        raise InputError(f"the model needs leads {','.join(missing)}, which the input lacks "
+                         f"(it has {','.join(recording.leads)})")
+    return recording.signal[:, [index[name] for name in model_leads]]
+
+
+def whole_rate(sample_rate_hz: float) -> int:
+    """The exported model resamples from whole rates only."""
+    if sample_rate_hz != round(sample_rate_hz):
+        raise InputError(f"sample rate {sample_rate_hz} Hz is not a whole number; resample the input first")
+    return int(round(sample_rate_hz))
+
+
+class SavedModelPredictor:
+    """The `serving_default` signature of an exported SavedModel."""
+
+    def __init__(self, path: str):
+        self.model = tf.saved_model.load(path)
+        metadata = self.model.metadata()
+        self.labels = tuple(name.decode() for name in metadata["class_names"].numpy())
+        self.leads = tuple(name.decode() for name in metadata["leads"].numpy())
+
+    def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> np.ndarray:
+        """[time, model leads] mV -> probabilities [classes] averaged over the recording."""
+        outputs = self.model.signatures["serving_default"](
+            ecg=tf.constant(signal[None], tf.float32),
+            sample_rate=tf.constant([whole_rate(sample_rate_hz)], tf.float32))
+        return outputs["probabilities"].numpy()[0]
+
+
+class TFLitePredictor:
+    """A TFLite window model; resampling and windowing run here as the converter runs them."""
+
+    def __init__(self, path: str):
+        self.spec = ModelSpec.load(os.path.dirname(path))
+        with open(path, "rb") as f:
+            self.runner = export_lib.TFLiteRunner(f.read())
+        self.labels, self.leads = self.spec.labels, self.spec.leads
+
+    def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> np.ndarray:
+        spec = self.spec
+        resampled = transform.resample(signal, whole_rate(sample_rate_hz), spec.sample_rate_hz)
+        plan = transform.WindowPlan(spec.leads, spec.sample_rate_hz, spec.window_samples, spec.stride_samples,
+                                    pad_short=True, labels=spec.labels)
+        return np.mean([self.runner(window[None])[0] for window in transform.windows(resampled, plan)], axis=0)
+
+
+def load_predictor(path: str) -> SavedModelPredictor | TFLitePredictor:
+    """A predictor for a .tflite file, a SavedModel version folder, or a model folder (its newest version)."""
+    if path.endswith(".tflite"):
+        return TFLitePredictor(path)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        versions = [int(n) for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+        if not versions:
+            raise InputError(f"{path} is neither a SavedModel, a folder of numbered versions nor a .tflite file")
+        path = os.path.join(path, str(max(versions)))
+    return SavedModelPredictor(path)
+
+
+def diagnose(predictor: SavedModelPredictor | TFLitePredictor, path: str, top_k: int, **reading) -> dict:
+    """The prediction for one file: diagnosis, confidence and the top-k classes with their probabilities."""
+    recording = read_recording(path, **reading)
+    probabilities = predictor(match_leads(recording, predictor.leads), recording.sample_rate_hz)
+    order = np.argsort(-probabilities)[:top_k]
+    return {
+        "file": path,
+        "diagnosis": predictor.labels[order[0]],
+        "confidence": float(probabilities[order[0]]),
+        "top_k": [{"class": predictor.labels[i], "probability": float(probabilities[i])} for i in order],
+        "sample_rate_hz": recording.sample_rate_hz,
+        "duration_s": len(recording.signal) / recording.sample_rate_hz,
+    }
