@@ -345,3 +345,17 @@ def test_cli_serves_in_a_subprocess_until_terminated(toy_base):
             process.kill()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_json_tensors_of_plain_numbers_equal_the_exact_per_value_path():
+    from tensorflow.core.framework import types_pb2
+
+    rng = np.random.default_rng(0)
+    value = rng.normal(size=(2, 500, 12)).tolist()
+    value[0][0][0] = 3  # ints mixed with floats, as JSON encoders write them
+    fast = rest_api.tensor_from_json(value, types_pb2.DT_FLOAT)
+    assert fast.dtype == np.float32 and fast.shape == (2, 500, 12)
+    np.testing.assert_array_equal(fast, np.array(value, np.float32))
+    for bad in ([[True, 1.0]], [["1.5", 2.0]], [[1.0], [1.0, 2.0]], [[2 ** 25 + 1, 1.0]]):
+        with pytest.raises(rest_api.ServingError):
+            rest_api.tensor_from_json(bad, types_pb2.DT_FLOAT)
