@@ -280,6 +280,13 @@ def _fill(value: Any, level: int, shape: list[int], convert: Callable[[Any], Any
 _FLOAT_TYPES = (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE, types_pb2.DT_HALF, types_pb2.DT_BFLOAT16)
 
 
+def _leaf_types(value: list) -> set[type]:
+    """The Python types of a nested list's leaves, gathered per innermost list at C speed."""
+    if value and isinstance(value[0], list):
+        return set().union(*(_leaf_types(item) if isinstance(item, list) else {type(item)} for item in value))
+    return set(map(type, value))
+
+
 def _numeric_fast_path(value: Any, dtype: int, shape: list[int]) -> np.ndarray | None:
     """The float tensor in one numpy call when every leaf is a plain number of an exact dense shape, else None.
 
@@ -287,8 +294,8 @@ def _numeric_fast_path(value: Any, dtype: int, shape: list[int]) -> np.ndarray |
     request. Anything unusual (bools, strings, ragged lists, values that may lose precision) goes the slow,
     exact path, which also words the errors as TF Serving does.
     """
-    if dtype not in _FLOAT_TYPES or not shape:
-        return None
+    if dtype not in _FLOAT_TYPES or not shape or not _leaf_types(value) <= {int, float}:
+        return None  # numpy would silently turn true/false into 1/0
     try:
         array = np.array(value)
     except ValueError:  # ragged
