@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import tensorflow as tf
+from graph_ops import stock_op_types
 
 from ecg_tfx.preprocessing import PreprocessConfig, fir_taps, preprocess
 
@@ -15,13 +16,6 @@ DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RATE = 500
 
 
-def stock_op_types(concrete: tf.types.experimental.ConcreteFunction) -> set[str]:
-    """Every op type in a traced function's graph, including nested function bodies (loops, conds)."""
-    graph_def = concrete.graph.as_graph_def()
-    types = {node.op for node in graph_def.node}
-    for function in graph_def.library.function:
-        types |= {node.op for node in function.node_def}
-    return types
 
 
 def scipy_reference(x: np.ndarray, taps: np.ndarray) -> tuple[np.ndarray, float]:

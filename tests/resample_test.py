@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 import scipy.signal
 import tensorflow as tf
+from graph_ops import stock_op_types
 
 from ecg_tfx.resample import lowpass_taps, resample
-
-
-def stock_op_types(concrete: tf.types.experimental.ConcreteFunction) -> set[str]:
-    """Every op type in a traced function's graph, including nested function bodies (loops, conds)."""
-    graph_def = concrete.graph.as_graph_def()
-    types = {node.op for node in graph_def.node}
-    for function in graph_def.library.function:
-        types |= {node.op for node in function.node_def}
-    return types
 
 
 @functools.cache
