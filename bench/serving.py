@@ -173,7 +173,7 @@ def run(quick: bool = False) -> dict:
     return {
         "findings": findings,
         "title": "5. Serving",
-        "conditions": {"server": "python -m ecg_tfx.serve (aiohttp, --num_threads=4 default), 127.0.0.1",
+        "conditions": {"server": "python -m ecg_tfx.serve (aiohttp, --num_threads default = CPU cores), 127.0.0.1",
                        "request": f"1 recording, {spec.window_samples} x {len(spec.leads)} floats, "
                                   f"{len(body) / 1024:.0f} kB JSON, serving_default",
                        "rounds": rounds, "per_round": f"<= {per_client} requests per client, <= {seconds:g} s"},

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -21,7 +22,8 @@ _PORT = flags.DEFINE_integer("port", 8501, "REST port (0: any free port, printed
 _MAX_REQUEST_BYTES = flags.DEFINE_integer("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES,
                                           "Larger request bodies are refused with 413.", lower_bound=1)
 _VERSION_LABELS = flags.DEFINE_string("version_labels", "", "Version labels, e.g. stable:1,canary:2.")
-_NUM_THREADS = flags.DEFINE_integer("num_threads", 4, "Worker threads running requests in parallel.", lower_bound=1)
+_NUM_THREADS = flags.DEFINE_integer("num_threads", os.cpu_count() or 1, "Worker threads running model calls in "
+                                    "parallel; more than the cores only adds queueing jitter.", lower_bound=1)
 
 
 def main(argv: list[str]) -> None:
