@@ -26,11 +26,14 @@ _SPLIT_BY = flags.DEFINE_enum("split_by", _DEFAULTS.split_by, ["auto", "folds", 
                               "auto: the dataset's own folds if it has them (PTB-XL strat_fold), else by patient.")
 SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for the split, the synthetic generator and training.")
 _PTBXL_RESOLUTION = flags.DEFINE_enum("ptbxl_resolution", "500", ["500", "100"], "PTB-XL records500 or records100.")
-_SYNTHETIC_PATIENTS = flags.DEFINE_integer("synthetic_patients", _DEFAULTS.synthetic_patients, "", lower_bound=1)
+_SYNTHETIC_PATIENTS = flags.DEFINE_integer("synthetic_patients", _DEFAULTS.synthetic_patients,
+                                           "Synthetic patients (conditions round-robin).", lower_bound=1)
 _SYNTHETIC_RECORDS = flags.DEFINE_integer("synthetic_records_per_patient", _DEFAULTS.synthetic_records_per_patient,
-                                          "", lower_bound=1)
-_SYNTHETIC_DURATION = flags.DEFINE_float("synthetic_duration_s", _DEFAULTS.synthetic_duration_s, "", lower_bound=1)
-_SYNTHETIC_RATE = flags.DEFINE_float("synthetic_sample_rate", _DEFAULTS.synthetic_sample_rate, "", lower_bound=100)
+                                          "Synthetic records per patient.", lower_bound=1)
+_SYNTHETIC_DURATION = flags.DEFINE_float("synthetic_duration_s", _DEFAULTS.synthetic_duration_s,
+                                         "Length of each synthetic record.", lower_bound=1)
+_SYNTHETIC_RATE = flags.DEFINE_float("synthetic_sample_rate", _DEFAULTS.synthetic_sample_rate,
+                                     "Rate the synthetic records are generated at (then resampled).", lower_bound=100)
 _MAX_RECORDS = flags.DEFINE_integer("max_records", 0, "Convert only the first N records (0 = all).", lower_bound=0)
 _COMPRESSION = flags.DEFINE_enum("compression", "NONE", ["NONE", "GZIP"], "TFRecord compression.")
 _SHARD_SIZE_MB = flags.DEFINE_float("shard_size_mb", _DEFAULTS.shard_size_mb, "Target shard size (uncompressed).",
