@@ -3,8 +3,8 @@
 Layout, as TF Serving expects: `<export_dir>/<model_name>/<version>/` with `saved_model.pb`, `variables/`,
 `assets/labels.txt` and `assets.extra/tf_serving_warmup_requests`; with `--tflite` also `tflite/` (a float32 and an
 int8 model plus their `model_spec.json`) and `export_report.json`. A version is written under a hidden temporary
-sibling (TF Serving ignores non-integer names) and renamed into place only when everything succeeded, so a version
-directory is always whole.
+sibling (TF Serving ignores non-integer names) and moved into place only when everything succeeded, so a local
+version directory is always whole; on gs:// and s3:// (no folder rename) `saved_model.pb` is copied last.
 
 Signatures (in the style of TF Model Garden's export_base: one `serve` core, one small tf.function per input kind),
 all stock TF ops so the export loads without this package:
@@ -172,7 +172,7 @@ def export_run(run_dir: str, export_dir: str, model_name: str = "ecg", version: 
         if tflite:
             report = write_tflite(model, spec, tmp, data_dir)
             storage.write_json(storage.join(tmp, REPORT_FILE), report)
-        tf.io.gfile.rename(tmp, final)
+        storage.publish_dir(tmp, final)
     except BaseException:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.rmtree(tmp)

@@ -83,6 +83,24 @@ def publish(tmp_path: str, path: str) -> None:
     tf.io.gfile.rename(tmp_path, path, overwrite=True)
 
 
+def publish_dir(tmp_dir: str, path: str, last: str = "saved_model.pb") -> None:
+    """Moves a finished folder into place.
+
+    A local rename is atomic. Object stores (gs://, s3://) have no folder rename, so files are copied one by
+    one with `last` (the file a loader looks for) copied at the very end: a reader never finds it before
+    everything it refers to is there.
+    """
+    if "://" not in path:
+        tf.io.gfile.rename(tmp_dir, path)
+        return
+    files = [os.path.relpath(join(root, name), tmp_dir)
+             for root, _, names in tf.io.gfile.walk(tmp_dir) for name in names]
+    for relative in sorted(files, key=lambda name: name == last):
+        tf.io.gfile.makedirs(os.path.dirname(join(path, relative)))
+        tf.io.gfile.copy(join(tmp_dir, relative), join(path, relative), overwrite=True)
+    tf.io.gfile.rmtree(tmp_dir)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Writes a whole file atomically."""
     tmp = temporary_name(path)
