@@ -35,7 +35,12 @@ _CONVERT = flags.DEFINE_bool("convert", False, "Convert into --data_dir first, w
 _MODEL = flags.DEFINE_enum("model", "cnn", sorted(MODELS), "Architecture.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Maximum epochs.", lower_bound=1)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch size (split over replicas).", lower_bound=1)
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.", lower_bound=0.0)
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.", lower_bound=0.0)
+_LR_SCHEDULE = flags.DEFINE_enum(
+    "lr_schedule", "plateau", ["plateau", "one_cycle"],
+    "plateau: constant, halved when the monitored metric stalls; one_cycle: warm up from lr/25 over the first "
+    "30% of the steps, then cosine decay (fastai's fit_one_cycle, as in the PTB-XL benchmark).")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW); 0 = Adam.", lower_bound=0.0)
 _DROPOUT = flags.DEFINE_float("dropout", None, "Dropout rate; default: the architecture's own.")
 _CLASS_WEIGHTS = flags.DEFINE_bool("class_weights", True, "Weight examples by inverse class frequency.")
 _MONITOR = flags.DEFINE_string("monitor", "val_auc", "Validation metric for early stopping and the best model.")
@@ -115,12 +120,12 @@ def callbacks(work_dir: str) -> list[keras.callbacks.Callback]:
     warmup = min(_WARMUP_EPOCHS.value, _EPOCHS.value - 1)
     backup_dir = storage.join(work_dir, "backup")
     resuming = tf.io.gfile.exists(backup_dir)  # a fresh run starts a fresh history
-    return [
+    schedule = [] if _LR_SCHEDULE.value != "plateau" else [keras.callbacks.ReduceLROnPlateau(
+        _MONITOR.value, mode=mode, factor=0.5, patience=_LR_PATIENCE.value, min_lr=1e-6)]
+    return schedule + [
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.EarlyStopping(_MONITOR.value, mode=mode, patience=_PATIENCE.value,
                                       restore_best_weights=True, start_from_epoch=warmup),
-        keras.callbacks.ReduceLROnPlateau(_MONITOR.value, mode=mode, factor=0.5, patience=_LR_PATIENCE.value,
-                                          min_lr=1e-6),
         BestCheckpoint(storage.join(work_dir, "best.keras"), monitor=_MONITOR.value, mode=mode,
                        save_best_only=True, start_from_epoch=warmup),
         keras.callbacks.TensorBoard(storage.join(work_dir, "logs")),
@@ -128,7 +133,19 @@ def callbacks(work_dir: str) -> list[keras.callbacks.Callback]:
     ]
 
 
-def compile_model(spec: ModelSpec) -> keras.Model:
+def optimizer(train_steps: int) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW with --weight_decay; the learning rate follows --lr_schedule over `train_steps` in all."""
+    rate = _LEARNING_RATE.value
+    if _LR_SCHEDULE.value == "one_cycle":
+        warmup = int(0.3 * train_steps)
+        rate = keras.optimizers.schedules.CosineDecay(rate / 25, max(1, train_steps - warmup), alpha=1e-4,
+                                                      warmup_target=rate, warmup_steps=warmup)
+    if _WEIGHT_DECAY.value:
+        return keras.optimizers.AdamW(rate, weight_decay=_WEIGHT_DECAY.value)
+    return keras.optimizers.Adam(rate)
+
+
+def compile_model(spec: ModelSpec, train_steps: int) -> keras.Model:
     model = build_model(spec.model, len(spec.leads), len(spec.labels), spec.multi_label, spec.sample_rate_hz,
                         spec.input_samples, _DROPOUT.value)
     if spec.multi_label:
@@ -137,7 +154,7 @@ def compile_model(spec: ModelSpec) -> keras.Model:
         loss, accuracy = "categorical_crossentropy", keras.metrics.CategoricalAccuracy(name="accuracy")
     auc = keras.metrics.AUC(name="auc", multi_label=spec.multi_label,
                             num_labels=len(spec.labels) if spec.multi_label else None)
-    model.compile(keras.optimizers.Adam(_LEARNING_RATE.value), loss, metrics=[accuracy, auc])
+    model.compile(optimizer(train_steps), loss, metrics=[accuracy, auc])
     return model
 
 
@@ -195,15 +212,15 @@ def train(run_dir: str) -> dict:
     logging.info("training %s: %s on %d replica(s), precision %s (%s)", spec.model, info["strategy"],
                  info["replicas"], precision, reason)
     train_data, validation_data = datasets(manifest, spec, strategy)
+    steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, _BATCH_SIZE.value, split == "train",
+                                                     split == "train" and strategy.num_replicas_in_sync > 1)
+             for split in ("train", "validation")}
     with strategy.scope():
-        model = compile_model(spec)
+        model = compile_model(spec, steps["train"] * _EPOCHS.value)
     info["parameters"] = model.count_params()
     if chief:
         write_run_files(run_dir, spec, info)
     started = time.time()
-    steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, _BATCH_SIZE.value, split == "train",
-                                                     split == "train" and strategy.num_replicas_in_sync > 1)
-             for split in ("train", "validation")}
     history = model.fit(train_data, validation_data=validation_data, epochs=_EPOCHS.value, shuffle=False,
                         steps_per_epoch=steps["train"], validation_steps=steps["validation"],
                         callbacks=callbacks(work_dir), verbose=1 if sys.stdout.isatty() else 2)

@@ -73,6 +73,21 @@ def test_mirrored_over_two_virtual_cpus(data_dir, tmp_path):
     assert len(history(tmp_path)) == 2
 
 
+def test_one_cycle_schedule_spans_the_run(data_dir, tmp_path):
+    run_train(f"--data_dir={data_dir}", f"--run_dir={tmp_path}", "--epochs=2", "--batch_size=8", "--export=false",
+              "--lr_schedule=one_cycle", "--learning_rate=0.01", "--weight_decay=0.02")
+    optimizer = keras.saving.load_model(tmp_path / "model.keras").optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.02)
+    steps_per_epoch = int(optimizer.iterations) // 2
+    assert steps_per_epoch == input_pipeline.batches_per_epoch(
+        input_pipeline.load_manifest(data_dir), "train", ModelSpec.load(str(tmp_path)), 8, True, False)
+    schedule = optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(0.01 / 25)
+    assert float(schedule(int(0.3 * 2 * steps_per_epoch))) == pytest.approx(0.01)  # the peak, after warm-up
+    assert float(optimizer.learning_rate) == pytest.approx(0.01 * 1e-4, rel=1e-3)  # annealed by the last step
+    assert "learning_rate" not in history(tmp_path)[0]  # no ReduceLROnPlateau fighting the schedule
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_each_precision_policy_trains(data_dir, policy):
     manifest = input_pipeline.load_manifest(data_dir)
