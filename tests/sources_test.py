@@ -102,6 +102,26 @@ def test_ptb_load_full_record_equals_wfdb() -> None:
 
 
 @needs_ptb
+@pytest.mark.parametrize("record_id, parses", [("patient001/s0010_re", 1), (MISSING_XYZ[0], 3)])
+def test_ptb_load_parses_an_intact_header_once(monkeypatch, record_id: str, parses: int) -> None:
+    """wfdb's header parser dominates conversion time: an intact record costs one parse, a record that lacks
+    its optional .xyz file takes the step-by-step path."""
+    source = PTBSource(str(PTB_ROOT))
+    ref = _ref_by_id(source.refs()[0], record_id)
+    calls = []
+    parse = wfdb.io.record.rdheader
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(wfdb.io.record, "rdheader", counting)
+    monkeypatch.setattr(wfdb, "rdheader", counting)
+    assert source.load(ref).signal.shape[1] == len(ref.leads)
+    assert len(calls) == parses
+
+
+@needs_ptb
 @pytest.mark.parametrize("record_id", [MISSING_XYZ[0], "patient233/s0458_re"])
 def test_ptb_load_12_lead_records_equal_wfdb(record_id: str) -> None:
     source = PTBSource(str(PTB_ROOT))

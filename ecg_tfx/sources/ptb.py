@@ -98,7 +98,7 @@ def _mv_factors(header: wfdb.Record, path: str, channels: Sequence[int]) -> np.n
 
 
 def _read_signal(header: wfdb.Record, path: str, channels: Sequence[int]) -> np.ndarray:
-    """Reads the physical samples of `channels` with wfdb and checks them: float32 mV, [time, leads]."""
+    """Reads the physical samples of `channels` with wfdb, after checking that the data files can hold them."""
     _check_file_sizes(header, path, channels)
     try:
         record = wfdb.rdrecord(path, channels=list(channels))
@@ -108,6 +108,11 @@ def _read_signal(header: wfdb.Record, path: str, channels: Sequence[int]) -> np.
     if signal is None or signal.shape != (header.sig_len, len(channels)):
         shape = None if signal is None else signal.shape
         raise RecordError(path, f"read samples of shape {shape}, header declares ({header.sig_len}, {len(channels)})")
+    return signal
+
+
+def _in_mv(signal: np.ndarray, header: wfdb.Record, path: str, channels: Sequence[int]) -> np.ndarray:
+    """Checks the samples are finite and converts them to float32 mV, [time, leads]."""
     bad = ~np.isfinite(signal)
     if bad.any():
         time, lead = np.argwhere(bad)[0]
@@ -116,18 +121,41 @@ def _read_signal(header: wfdb.Record, path: str, channels: Sequence[int]) -> np.
     return (signal * _mv_factors(header, path, channels)).astype(np.float32)
 
 
+def _read_whole(ref: RecordRef) -> tuple[wfdb.Record, np.ndarray] | None:
+    """One `wfdb.rdrecord` of every signal (one header parse): the common case of an intact record.
+
+    None when anything is off (a missing or truncated file, other leads than listed ...): the caller then
+    re-reads step by step to keep the optional leads or to say exactly what is broken.
+    """
+    try:
+        record = wfdb.rdrecord(ref.path)
+    except Exception:  # noqa: BLE001 - any failure is diagnosed by the step-by-step read
+        return None
+    signal = record.p_signal if isinstance(record, wfdb.Record) else None
+    if (signal is None or not record.sig_len or not record.fs or signal.shape != (record.sig_len, record.n_sig)
+            or tuple(canonical_lead(name) for name in record.sig_name) != ref.leads):
+        return None
+    return record, signal
+
+
 def read_wfdb_record(ref: RecordRef, optional_suffixes: Sequence[str] = ()) -> Record:
     """Loads `ref.path` with wfdb: the leads whose data files exist, in mV; RecordError on any broken part.
 
     The header's canonical lead names must equal `ref.leads`, since shard planning trusted the listing.
     """
-    header = read_header(ref.path)
-    channels = available_channels(header, ref.path, optional_suffixes)
-    leads = tuple(canonical_lead(header.sig_name[i]) for i in channels)
-    if leads != ref.leads:
-        raise RecordError(ref.path, f"header leads {leads} differ from the listed leads {ref.leads}")
-    signal = _read_signal(header, ref.path, channels)
-    return Record(ref=ref, signal=signal, leads=leads, sample_rate_hz=float(header.fs))
+    whole = _read_whole(ref)
+    if whole:
+        header, signal = whole
+        channels = list(range(header.n_sig))
+    else:
+        header = read_header(ref.path)
+        channels = available_channels(header, ref.path, optional_suffixes)
+        leads = tuple(canonical_lead(header.sig_name[i]) for i in channels)
+        if leads != ref.leads:
+            raise RecordError(ref.path, f"header leads {leads} differ from the listed leads {ref.leads}")
+        signal = _read_signal(header, ref.path, channels)
+    return Record(ref=ref, signal=_in_mv(signal, header, ref.path, channels), leads=ref.leads,
+                  sample_rate_hz=float(header.fs))
 
 
 def reason_for_admission(comments: Sequence[str]) -> str | None:
