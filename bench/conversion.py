@@ -185,8 +185,8 @@ def stamped_convert(input_dir: str, work: str, workers: int) -> tuple[float, flo
 def one_header_parse():
     """What-if, in this process only: wfdb parses each header once (memoized; a copy is handed out each time).
 
-    The converter parses every header three times (listing, `read_header` before loading, and inside
-    `wfdb.rdrecord`); this measures what sharing one parse would buy.
+    The converter parses every PTB header twice (listing, and inside `wfdb.rdrecord` when loading);
+    this measures what sharing one parse would buy.
     """
     import wfdb.io.record
 
@@ -301,14 +301,12 @@ def findings(ratios: list[dict], rate: dict, scaling: dict, startup: dict, recor
         notes.append(
             f"converter/floor {ratios[0]['value']:.2f}: the profile is dominated by wfdb's pandas-based header parser "
             "(`_parse_signal_lines`, ~4-5 ms a record, most of the floor's own time), and the converter parses each "
-            "header 3 times: `PTBSource.refs` (listing), `read_header` in `read_wfdb_record`, and again inside "
-            f"`wfdb.rdrecord`. With one parse per record (the what-if arm) it runs at "
+            "PTB header twice: once to list it (`PTBSource.refs` needs its diagnosis, leads and length to plan the "
+            "shards) and once inside `wfdb.rdrecord` when loading it. With one parse per record (the what-if arm, "
+            "a memo shared by listing and loading) it runs at "
             f"{rate['converter_one_parse']:.0f} records/s = "
-            f"{rate['converter_one_parse'] / rate['floor']:.2f}x the floor. "
-            "Fix (ecg_tfx/sources/ptb.py, not this benchmark's file): carry the listing's parsed header to the loader "
-            "(e.g. a per-process memo of `read_header` keyed by path and mtime) and read the samples without "
-            "re-parsing (wfdb.io._signal._rd_segment with the header's fields, or np.fromfile for formats 16/212 "
-            "after the existing size checks).")
+            f"{rate['converter_one_parse'] / rate['floor']:.2f}x the floor. PTB-XL lists from its CSV, so its "
+            "records are parsed once already.")
     steady1 = records / timing.median(scaling["1w_steady"])
     steady2 = records / timing.median(scaling["2w_steady"])
     if not ratios[1]["met"]:

@@ -112,6 +112,7 @@ def main() -> None:
     conditions.update(load_after=timing.load(), seconds=round(time.perf_counter() - started, 1))
     results = {"conditions": conditions, "sections": sections}
     out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     (out / "results.md").write_text(render(results))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'} in {conditions['seconds']:.0f} s")
