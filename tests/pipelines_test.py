@@ -1,0 +1,36 @@
+"""Every pipeline flagfile parses with the trainer's flags and passes their validators."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLAGFILES = sorted((REPO / "pipelines").glob("*.flags"))
+# Parses in a fresh process: the CLI module defines its flags on import, and tests never import CLIs.
+PARSE = """
+import json, sys
+from absl import flags
+import ecg_tfx.train
+flags.FLAGS(["train", "--flagfile=" + sys.argv[1]])
+print(json.dumps({name: flags.FLAGS[name].value for name in ("data_dir", "run_dir")}))
+"""
+
+
+def test_the_four_pipelines_exist():
+    assert {path.stem for path in FLAGFILES} >= {"synthetic_quick", "ptb_mi_vs_healthy", "ptb_diagnoses",
+                                                 "ptbxl_superdiagnostic"}
+
+
+@pytest.mark.parametrize("flagfile", FLAGFILES, ids=[path.stem for path in FLAGFILES])
+def test_flagfile_parses(flagfile: pathlib.Path):
+    result = subprocess.run([sys.executable, "-c", PARSE, str(flagfile)], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    values = json.loads(result.stdout.strip().splitlines()[-1])
+    assert values["run_dir"].endswith(flagfile.stem) and values["data_dir"].endswith(flagfile.stem), (
+        "each pipeline has its own data and run folders")
