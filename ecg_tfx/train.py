@@ -120,9 +120,9 @@ def callbacks(work_dir: str) -> list[keras.callbacks.Callback]:
     warmup = min(_WARMUP_EPOCHS.value, _EPOCHS.value - 1)
     backup_dir = storage.join(work_dir, "backup")
     resuming = tf.io.gfile.exists(backup_dir)  # a fresh run starts a fresh history
-    schedule = [] if _LR_SCHEDULE.value != "plateau" else [keras.callbacks.ReduceLROnPlateau(
-        _MONITOR.value, mode=mode, factor=0.5, patience=_LR_PATIENCE.value, min_lr=1e-6)]
-    return schedule + [
+    plateau = [keras.callbacks.ReduceLROnPlateau(_MONITOR.value, mode=mode, factor=0.5, patience=_LR_PATIENCE.value,
+                                                 min_lr=1e-6)] if _LR_SCHEDULE.value == "plateau" else []
+    return plateau + [
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.EarlyStopping(_MONITOR.value, mode=mode, patience=_PATIENCE.value,
                                       restore_best_weights=True, start_from_epoch=warmup),

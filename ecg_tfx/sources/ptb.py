@@ -129,7 +129,7 @@ def _read_whole(ref: RecordRef) -> tuple[wfdb.Record, np.ndarray] | None:
     """
     try:
         record = wfdb.rdrecord(ref.path)
-    except Exception:  # noqa: BLE001 - any failure is diagnosed by the step-by-step read
+    except Exception:  # any failure is diagnosed by the step-by-step read
         return None
     signal = record.p_signal if isinstance(record, wfdb.Record) else None
     if (signal is None or not record.sig_len or not record.fs or signal.shape != (record.sig_len, record.n_sig)
