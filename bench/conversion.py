@@ -47,7 +47,7 @@ def source_records(work: str) -> tuple[str, str]:
 
 def write_synthetic_ptb(folder: str, count: int = 66) -> str:
     """Writes `count` synthetic 12-lead records in the PTB layout (1000 Hz, 16-bit, reason-for-admission comment)."""
-    from ecg_tfx.sources.synthetic import SyntheticSource
+    from ecg_tfx.data.sources.synthetic import SyntheticSource
 
     source = SyntheticSource(count, 1, 10.0, 1000.0, 0)
     lines = []
@@ -108,7 +108,7 @@ def seed_way(paths: list[str]) -> np.ndarray:
 
 
 def config(input_dir: str):
-    from ecg_tfx import conversion
+    from ecg_tfx.data import conversion
 
     return conversion.ConversionConfig(source="ptb", input_dir=input_dir, labels="diagnoses", leads="standard12",
                                        sample_rate=SAMPLE_RATE, shard_size_mb=SHARD_MB)
@@ -116,7 +116,7 @@ def config(input_dir: str):
 
 def convert(input_dir: str, work: str, workers: int) -> dict:
     """One full conversion into a fresh folder (removed afterwards); returns the manifest."""
-    from ecg_tfx import conversion
+    from ecg_tfx.data import conversion
 
     output = tempfile.mkdtemp(dir=work)
     try:
@@ -163,7 +163,7 @@ class StampedSource:
 
 def stamped_convert(input_dir: str, work: str, workers: int) -> tuple[float, float]:
     """(end-to-end seconds, seconds scaled from the first-to-last record span to all records) of one conversion."""
-    from ecg_tfx import conversion
+    from ecg_tfx.data import conversion
 
     stamp_file = os.path.join(work, "stamps.txt")
     original = conversion.make_source
@@ -318,7 +318,7 @@ def findings(ratios: list[dict], rate: dict, scaling: dict, startup: dict, recor
         break_even = extra / (1 / steady1 - 1 / steady2)
         notes.append(f"end to end {ratios[2]['value']:.2f}x: the spawned workers each import TensorFlow before the "
                      f"first record (~{extra:.1f} s more than in-process), so 2 workers pay off only above "
-                     f"~{break_even:.0f} records at these speeds. Fix (ecg_tfx/conversion.py): use 1 worker when "
+                     f"~{break_even:.0f} records at these speeds. Fix (ecg_tfx/data/conversion.py): use 1 worker when "
                      "the plan holds fewer records than that, or keep TensorFlow out of the workers (write TFRecords "
                      "with a TF-free writer: length, masked crc32c, payload; examples from protobuf-only modules).")
     return notes
@@ -340,7 +340,7 @@ def _rss_child(input_dir: str, output_dir: str) -> None:
 
     from absl import logging
 
-    from ecg_tfx import conversion
+    from ecg_tfx.data import conversion
 
     logging.set_verbosity(logging.ERROR)
     before = _status_kb("VmRSS")

@@ -26,7 +26,7 @@ def converted() -> Data:
     """Converts (once; later calls reuse the finished conversion) with a patient-wise 70/15/15 split."""
     from absl import logging
 
-    from ecg_tfx import conversion
+    from ecg_tfx.data import conversion
 
     logging.set_verbosity(logging.ERROR)
     ptb = timing.SHARED_DATA / "ptbdb"
@@ -48,8 +48,8 @@ def converted() -> Data:
 
 def spec(manifest: dict):
     """The ModelSpec of the seed CNN on 2.5-s crops with the default 0.5-Hz high-pass."""
-    from ecg_tfx.model_spec import ModelSpec
-    from ecg_tfx.preprocessing import PreprocessConfig
+    from ecg_tfx.core.model_spec import ModelSpec
+    from ecg_tfx.dsp.preprocessing import PreprocessConfig
 
     return ModelSpec(model="cnn", labels=tuple(manifest["labels"]), multi_label=manifest["multi_label"],
                      leads=tuple(manifest["leads"]), sample_rate_hz=manifest["sample_rate_hz"],
@@ -73,8 +73,8 @@ def compiled_cnn(model_spec):
 
 def train_dataset(data: Data, model_spec, repeat: bool = True):
     """The trainer's training dataset: cached preprocessed windows, shuffled, cropped and scaled per batch."""
-    from ecg_tfx import input_pipeline
-    from ecg_tfx.augment import AugmentConfig
+    from ecg_tfx.data import input_pipeline
+    from ecg_tfx.dsp.augment import AugmentConfig
 
     augmentation = AugmentConfig(crop_samples=model_spec.input_samples, scale_range=(0.9, 1.1),
                                  sample_rate_hz=model_spec.sample_rate_hz)
@@ -117,7 +117,7 @@ def exported() -> tuple[str, str]:
 
     Made once per bench process and shared by the export and serving sections.
     """
-    from ecg_tfx import export_lib
+    from ecg_tfx.serving import saved_model as export_lib
 
     dataset = converted()
     model_spec = spec(dataset.manifest)

@@ -35,9 +35,9 @@ def predictors(version: str, run_dir: str, spec) -> dict:
     """Each form as a function: raw windows [n, window, leads] float32 -> probabilities [n, classes]."""
     import tensorflow as tf
 
-    from ecg_tfx import export_lib
-    from ecg_tfx.model_spec import window_probabilities
-    from ecg_tfx.preprocessing import preprocess
+    from ecg_tfx.core.model_spec import window_probabilities
+    from ecg_tfx.dsp.preprocessing import preprocess
+    from ecg_tfx.serving import saved_model as export_lib
 
     model, _ = export_lib.load_run(run_dir)
     keras_path = tf.function(lambda w: window_probabilities(model, preprocess(w, spec.preprocessing), spec))
@@ -60,8 +60,8 @@ def fir_only(spec):
     """The TFLite models' preprocessing alone (the direct FIR + standardization) as a TFLite model, 1 thread."""
     import tensorflow as tf
 
-    from ecg_tfx import export_lib
-    from ecg_tfx.preprocessing import preprocess
+    from ecg_tfx.dsp.preprocessing import preprocess
+    from ecg_tfx.serving import saved_model as export_lib
 
     function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing, method="direct"),
                            input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32)])
@@ -79,7 +79,7 @@ def per_call(predict, windows: np.ndarray, calls: int) -> float:
 
 def findings(times: dict, speed: float, agreement: dict, spec) -> list[str]:
     """Why the missed targets were missed, from this run's own numbers."""
-    from ecg_tfx.preprocessing import fir_taps
+    from ecg_tfx.dsp.preprocessing import fir_taps
 
     notes = []
     fir_share = timing.median(times["tflite_fir_only b1"]) / timing.median(times["tflite_float32 b1"])
@@ -106,7 +106,7 @@ def findings(times: dict, speed: float, agreement: dict, spec) -> list[str]:
 
 def run(quick: bool = False) -> dict:
     """Measures the section and returns its results."""
-    from ecg_tfx import export_lib
+    from ecg_tfx.serving import saved_model as export_lib
 
     reps, calls = (3, 5) if quick else (5, 10)
     dataset = data.converted()

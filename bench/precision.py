@@ -70,7 +70,7 @@ def run(quick: bool = False) -> dict:
     """Measures the section and returns its results."""
     import tensorflow as tf
 
-    from ecg_tfx import distribute
+    from ecg_tfx.training import distribute
 
     reps, steps, calls = (3, 4, 6) if quick else (5, 6, 10)
     dataset = data.converted()

@@ -105,7 +105,7 @@ def profile_request(version_dir: str, body: bytes, calls: int = 5, top: int = 8)
     import cProfile
     import pstats
 
-    from ecg_tfx import rest_api
+    from ecg_tfx.serving.rest import api as rest_api
 
     api = rest_api.RestApi({"ecg": rest_api.Model.load("ecg", os.path.dirname(version_dir))})
     api.handle("POST", "/v1/models/ecg:predict", body)
@@ -125,7 +125,7 @@ def profile_request(version_dir: str, body: bytes, calls: int = 5, top: int = 8)
 
 def run(quick: bool = False) -> dict:
     """Measures the section and returns its results."""
-    from ecg_tfx import export_lib
+    from ecg_tfx.serving import saved_model as export_lib
 
     rounds, per_client, seconds = (2, 6, 8.0) if quick else (3, 10, 12.0)
     dataset = data.converted()

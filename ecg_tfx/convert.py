@@ -12,8 +12,9 @@ import sys
 
 from absl import app, flags, logging
 
-from ecg_tfx import conversion, conversion_flags, storage
-from ecg_tfx.sources import SourceError
+from ecg_tfx.core import storage
+from ecg_tfx.data import conversion, conversion_flags
+from ecg_tfx.data.sources import SourceError
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where shards and manifest.json go (local, gs:// or s3://).")
 flags.mark_flag_as_required("output_dir")
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> None:
     config = conversion_flags.config_from_flags()
     try:
         if _RUNNER.value == "beam":
-            from ecg_tfx import beam_conversion
+            from ecg_tfx.data import beam_conversion
 
             manifest = beam_conversion.run(config, _OUTPUT_DIR.value, shlex.split(_BEAM_ARGS.value),
                                            conversion_flags.OVERWRITE.value)

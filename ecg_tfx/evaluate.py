@@ -10,10 +10,11 @@ import sys
 import tensorflow as tf
 from absl import app, flags
 
-from ecg_tfx import plots, storage
-from ecg_tfx.evaluation import CHECKPOINTS, SPLITS, default_out_dir, evaluate, summary
-from ecg_tfx.input_pipeline import load_manifest
-from ecg_tfx.model_spec import ModelSpec
+from ecg_tfx.core import storage
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.data.input_pipeline import load_manifest
+from ecg_tfx.evaluation import plots
+from ecg_tfx.evaluation.evaluate import CHECKPOINTS, SPLITS, default_out_dir, evaluate, summary
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run folder (model.keras, best.keras, model_spec.json).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted TFRecords with manifest.json.")

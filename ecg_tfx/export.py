@@ -10,8 +10,8 @@ import re
 
 from absl import app, flags
 
-from ecg_tfx import storage
-from ecg_tfx.export_lib import export_run
+from ecg_tfx.core import storage
+from ecg_tfx.serving.saved_model import export_run
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run folder (model.keras, model_spec.json).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Base folder; the model goes to <export_dir>/<model_name>/<N>.")

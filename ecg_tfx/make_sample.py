@@ -12,9 +12,9 @@ import numpy as np
 import wfdb
 from absl import app, flags
 
-from ecg_tfx.labels import SYNTHETIC_CLASSES
-from ecg_tfx.records import STANDARD12
-from ecg_tfx.sources.synthetic import synthesize
+from ecg_tfx.core.labels import SYNTHETIC_CLASSES
+from ecg_tfx.core.records import STANDARD12
+from ecg_tfx.data.sources.synthetic import synthesize
 
 _CONDITION = flags.DEFINE_enum("condition", "normal", list(SYNTHETIC_CLASSES), "Condition to synthesize.")
 _OUTPUT = flags.DEFINE_string("output", "workspace/samples/sample", "Record path without extension (.hea/.dat).")

@@ -17,8 +17,8 @@ import sys
 
 from absl import app, flags
 
-from ecg_tfx import storage
-from ecg_tfx.predictors import InputError, diagnose, load_predictor
+from ecg_tfx.core import storage
+from ecg_tfx.serving.predictors import InputError, diagnose, load_predictor
 
 _MODEL = flags.DEFINE_string("model", None, "A SavedModel version folder (or its model folder: newest version) "
                                             "or a .tflite file written by ecg_tfx.export.")

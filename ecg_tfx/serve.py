@@ -12,7 +12,7 @@ import threading
 
 from absl import app, flags
 
-from ecg_tfx.rest_api import DEFAULT_MAX_REQUEST_BYTES, Model, Server, parse_version_labels
+from ecg_tfx.serving.rest.api import DEFAULT_MAX_REQUEST_BYTES, Model, Server, parse_version_labels
 
 _MODEL_BASE_PATH = flags.DEFINE_string("model_base_path", None, "Folder holding integer version folders.",
                                        required=True)

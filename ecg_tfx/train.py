@@ -19,13 +19,18 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ecg_tfx import conversion, conversion_flags, distribute, evaluation, export_lib, input_pipeline, plots, storage
-from ecg_tfx.augment import AugmentConfig
-from ecg_tfx.callbacks import BestCheckpoint, CSVLogger
-from ecg_tfx.model_spec import ModelSpec
+from ecg_tfx.core import storage
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.data import conversion, conversion_flags, input_pipeline
+from ecg_tfx.data.sources import SourceError
+from ecg_tfx.dsp.augment import AugmentConfig
+from ecg_tfx.dsp.preprocessing import PreprocessConfig
+from ecg_tfx.evaluation import evaluate as evaluation
+from ecg_tfx.evaluation import plots
 from ecg_tfx.models import MODELS, build_model
-from ecg_tfx.preprocessing import PreprocessConfig
-from ecg_tfx.sources import SourceError
+from ecg_tfx.serving import saved_model as export_lib
+from ecg_tfx.training import distribute
+from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger
 
 # Data and run folders.
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFRecord shards + manifest.json (local, gs:// or s3://).")

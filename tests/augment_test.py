@@ -7,7 +7,7 @@ import pytest
 import scipy.signal
 import tensorflow as tf
 
-from ecg_tfx.augment import AugmentConfig, augment
+from ecg_tfx.dsp.augment import AugmentConfig, augment
 
 OFF = AugmentConfig(scale_range=None)  # every augmentation at its neutral value
 

@@ -13,11 +13,12 @@ from collections import Counter
 import pytest
 import tensorflow as tf
 
-from ecg_tfx import conversion, splits, storage
-from ecg_tfx.conversion import ConversionConfig
+from ecg_tfx.core import storage
+from ecg_tfx.data import conversion, splits
+from ecg_tfx.data.conversion import ConversionConfig
 
 pytest.importorskip("apache_beam", reason="apache-beam is not installed (pip install 'apache-beam[tfrecord]==2.77.0')")
-from ecg_tfx import beam_conversion  # noqa: E402  (needs apache_beam)
+from ecg_tfx.data import beam_conversion  # noqa: E402  (needs apache_beam)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Two workers in threads: the parallel path, without starting worker processes that each import TensorFlow.

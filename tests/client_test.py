@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecg_tfx import client, export_lib, labels, rest_api, schema
-from ecg_tfx.model_spec import ModelSpec
+from ecg_tfx.core import labels, schema
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.core.records import STANDARD12
+from ecg_tfx.dsp.preprocessing import PreprocessConfig
 from ecg_tfx.models import build_model
-from ecg_tfx.preprocessing import PreprocessConfig
-from ecg_tfx.records import STANDARD12
+from ecg_tfx.serving import client
+from ecg_tfx.serving import saved_model as export_lib
+from ecg_tfx.serving.rest import api as rest_api
 
 SPEC = ModelSpec(model="cnn", labels=labels.SYNTHETIC_CLASSES, multi_label=False, leads=STANDARD12,
                  sample_rate_hz=100, window_samples=500, stride_samples=500, input_samples=250,

@@ -20,8 +20,9 @@ import scipy.signal
 import tensorflow as tf
 import wfdb
 
-from ecg_tfx import conversion, schema
-from ecg_tfx.conversion import ConversionConfig
+from ecg_tfx.core import schema
+from ecg_tfx.data import conversion
+from ecg_tfx.data.conversion import ConversionConfig
 
 
 def read_split(out: pathlib.Path, split: str) -> list[dict]:

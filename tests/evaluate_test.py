@@ -16,10 +16,12 @@ import pytest
 import tensorflow as tf
 from matplotlib import image
 
-from ecg_tfx import conversion, evaluation, schema
-from ecg_tfx.conversion import ConversionConfig
-from ecg_tfx.model_spec import ModelSpec
-from ecg_tfx.preprocessing import PreprocessConfig, preprocess
+from ecg_tfx.core import schema
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.data import conversion
+from ecg_tfx.data.conversion import ConversionConfig
+from ecg_tfx.dsp.preprocessing import PreprocessConfig, preprocess
+from ecg_tfx.evaluation import evaluate as evaluation
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RATE = 100

@@ -16,11 +16,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from ecg_tfx import conversion, export_lib, input_pipeline, schema, transform
-from ecg_tfx.model_spec import ModelSpec, window_probabilities
+from ecg_tfx.core import schema
+from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
+from ecg_tfx.data import conversion, input_pipeline, transform
+from ecg_tfx.data.sources.ptb import PTBSource
+from ecg_tfx.dsp.preprocessing import PreprocessConfig, preprocess
 from ecg_tfx.models import build_model
-from ecg_tfx.preprocessing import PreprocessConfig, preprocess
-from ecg_tfx.sources.ptb import PTBSource
+from ecg_tfx.serving import saved_model as export_lib
 
 PYTHON = sys.executable
 _BUILT: dict[str, dict[str, pathlib.Path]] = {}

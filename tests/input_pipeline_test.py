@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecg_tfx import conversion, input_pipeline, schema
-from ecg_tfx.augment import AugmentConfig
-from ecg_tfx.conversion import ConversionConfig
-from ecg_tfx.model_spec import ModelSpec, frame
-from ecg_tfx.preprocessing import PreprocessConfig, preprocess
+from ecg_tfx.core import schema
+from ecg_tfx.core.model_spec import ModelSpec, frame
+from ecg_tfx.data import conversion, input_pipeline
+from ecg_tfx.data.conversion import ConversionConfig
+from ecg_tfx.dsp.augment import AugmentConfig
+from ecg_tfx.dsp.preprocessing import PreprocessConfig, preprocess
 
 TINY = ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2, synthetic_duration_s=10,
                         sample_rate=100, shard_size_mb=0.2)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import wfdb
 
-from ecg_tfx.sources.synthetic import synthesize
+from ecg_tfx.data.sources.synthetic import synthesize
 
 
 def test_sample_round_trips_through_wfdb(tmp_path):

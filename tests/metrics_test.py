@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ecg_tfx.metrics import aggregate_by_record, compute_metrics
+from ecg_tfx.evaluation.metrics import aggregate_by_record, compute_metrics
 
 PTB = ["Healthy control", "Myocardial infarction"]
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from ecg_tfx import conversion
-from ecg_tfx.conversion import ConversionConfig
+from ecg_tfx.data import conversion
+from ecg_tfx.data.conversion import ConversionConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Small and fast: 100 Hz, 2.5 s inputs, more training shards than workers.

@@ -13,7 +13,9 @@ import tensorflow as tf
 import wfdb
 from export_test import build_export
 
-from ecg_tfx import export_lib, predictors, transform
+from ecg_tfx.data import transform
+from ecg_tfx.serving import predictors
+from ecg_tfx.serving import saved_model as export_lib
 
 UPPER_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 

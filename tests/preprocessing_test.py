@@ -10,7 +10,7 @@ import scipy.signal
 import tensorflow as tf
 from graph_ops import stock_op_types
 
-from ecg_tfx.preprocessing import PreprocessConfig, fir_taps, preprocess
+from ecg_tfx.dsp.preprocessing import PreprocessConfig, fir_taps, preprocess
 
 DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 RATE = 500

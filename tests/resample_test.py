@@ -12,7 +12,7 @@ import scipy.signal
 import tensorflow as tf
 from graph_ops import stock_op_types
 
-from ecg_tfx.resample import lowpass_taps, resample
+from ecg_tfx.dsp.resample import lowpass_taps, resample
 
 
 @functools.cache

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecg_tfx import export_lib, rest_api
+from ecg_tfx.serving import saved_model as export_lib
+from ecg_tfx.serving.rest import api as rest_api
 
 LEADS = 12
 LABELS = ("normal", "mi", "other")

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import wfdb
 
-from ecg_tfx.records import STANDARD12, RecordRef
-from ecg_tfx.sources import RecordError, SourceError
-from ecg_tfx.sources.ptb import PTBSource
-from ecg_tfx.sources.ptbxl import PTBXLSource
+from ecg_tfx.core.records import STANDARD12, RecordRef
+from ecg_tfx.data.sources import RecordError, SourceError
+from ecg_tfx.data.sources.ptb import PTBSource
+from ecg_tfx.data.sources.ptbxl import PTBXLSource
 
 DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PTB_ROOT = DATA / "ptbdb"

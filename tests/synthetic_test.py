@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
-from ecg_tfx.labels import SYNTHETIC_CLASSES
-from ecg_tfx.records import STANDARD12
-from ecg_tfx.sources import RecordError
-from ecg_tfx.sources.synthetic import SyntheticSource, draw_patient, synthesize
+from ecg_tfx.core.labels import SYNTHETIC_CLASSES
+from ecg_tfx.core.records import STANDARD12
+from ecg_tfx.data.sources import RecordError
+from ecg_tfx.data.sources.synthetic import SyntheticSource, draw_patient, synthesize
 
 FS = 500.0
 DURATION_S = 20.0

@@ -15,13 +15,14 @@ import keras
 import numpy as np
 import pytest
 
-from ecg_tfx import conversion, distribute, input_pipeline
-from ecg_tfx.augment import AugmentConfig
-from ecg_tfx.callbacks import BestCheckpoint
-from ecg_tfx.conversion import ConversionConfig
-from ecg_tfx.model_spec import ModelSpec
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.data import conversion, input_pipeline
+from ecg_tfx.data.conversion import ConversionConfig
+from ecg_tfx.dsp.augment import AugmentConfig
+from ecg_tfx.dsp.preprocessing import PreprocessConfig
 from ecg_tfx.models import build_model
-from ecg_tfx.preprocessing import PreprocessConfig
+from ecg_tfx.training import distribute
+from ecg_tfx.training.callbacks import BestCheckpoint
 
 TINY = ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2, synthetic_duration_s=10,
                         sample_rate=100, shard_size_mb=0.2)

@@ -13,11 +13,12 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from ecg_tfx import export_lib, transform
-from ecg_tfx.model_spec import ModelSpec
-from ecg_tfx.records import STANDARD12, RecordRef, canonical_lead
-from ecg_tfx.sources import RecordError
-from ecg_tfx.sources.ptb import available_channels, read_header, read_wfdb_record
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.core.records import STANDARD12, RecordRef, canonical_lead
+from ecg_tfx.data import transform
+from ecg_tfx.data.sources import RecordError
+from ecg_tfx.data.sources.ptb import available_channels, read_header, read_wfdb_record
+from ecg_tfx.serving import saved_model as export_lib
 
 TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
 

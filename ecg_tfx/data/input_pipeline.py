@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ecg_tfx import schema, storage
-from ecg_tfx.augment import AugmentConfig, augment
-from ecg_tfx.model_spec import ModelSpec, frame
-from ecg_tfx.preprocessing import preprocess
+from ecg_tfx.core import schema, storage
+from ecg_tfx.core.model_spec import ModelSpec, frame
+from ecg_tfx.dsp.augment import AugmentConfig, augment
+from ecg_tfx.dsp.preprocessing import preprocess
 
 MANIFEST = "manifest.json"
 _PARSE_BATCH = 64

@@ -12,8 +12,8 @@ from fractions import Fraction
 import numpy as np
 import scipy.signal
 
-from ecg_tfx import schema
-from ecg_tfx.records import Record
+from ecg_tfx.core import schema
+from ecg_tfx.core.records import Record
 
 
 @dataclasses.dataclass(frozen=True)

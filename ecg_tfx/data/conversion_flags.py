@@ -6,7 +6,8 @@ import os
 
 from absl import flags
 
-from ecg_tfx import conversion, labels
+from ecg_tfx.core import labels
+from ecg_tfx.data import conversion
 
 _DEFAULTS = conversion.ConversionConfig()
 

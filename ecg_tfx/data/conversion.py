@@ -11,9 +11,10 @@ from collections import Counter
 import tensorflow as tf
 from absl import logging
 
-from ecg_tfx import labels, schema, shards, splits, storage, transform
-from ecg_tfx.records import ALL_LEADS, STANDARD12, RecordRef, canonical_lead, standard_order
-from ecg_tfx.sources import SourceError
+from ecg_tfx.core import labels, schema, storage
+from ecg_tfx.core.records import ALL_LEADS, STANDARD12, RecordRef, canonical_lead, standard_order
+from ecg_tfx.data import shards, splits, transform
+from ecg_tfx.data.sources import SourceError
 
 MANIFEST = "manifest.json"
 
@@ -52,18 +53,18 @@ class ConversionError(RuntimeError):
 def make_source(config: ConversionConfig):
     """The record source the config names."""
     if config.source == "synthetic":
-        from ecg_tfx.sources.synthetic import SyntheticSource
+        from ecg_tfx.data.sources.synthetic import SyntheticSource
 
         return SyntheticSource(config.synthetic_patients, config.synthetic_records_per_patient,
                                config.synthetic_duration_s, config.synthetic_sample_rate, config.seed)
     if not config.input_dir:
         raise SourceError(f"--source={config.source} needs --input_dir (the database folder)")
     if config.source == "ptb":
-        from ecg_tfx.sources.ptb import PTBSource
+        from ecg_tfx.data.sources.ptb import PTBSource
 
         return PTBSource(config.input_dir)
     if config.source == "ptbxl":
-        from ecg_tfx.sources.ptbxl import PTBXLSource
+        from ecg_tfx.data.sources.ptbxl import PTBXLSource
 
         return PTBXLSource(config.input_dir, config.ptbxl_resolution)
     raise SourceError(f"unknown source {config.source!r}")

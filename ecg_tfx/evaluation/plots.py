@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
-from ecg_tfx import storage
+from ecg_tfx.core import storage
 
 _DPI = 120
 

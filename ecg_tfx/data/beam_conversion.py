@@ -26,8 +26,9 @@ from absl import logging
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from ecg_tfx import conversion, shards, splits, storage, transform
-from ecg_tfx.conversion import ConversionConfig
+from ecg_tfx.core import storage
+from ecg_tfx.data import conversion, shards, splits, transform
+from ecg_tfx.data.conversion import ConversionConfig
 
 STATS = "stats"  # the tagged output of per-record counts and failures
 _RESULTS_DIR = "beam"  # under the output's .progress folder

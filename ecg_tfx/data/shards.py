@@ -13,8 +13,9 @@ from collections import Counter
 import tensorflow as tf
 from absl import logging
 
-from ecg_tfx import storage, transform
-from ecg_tfx.records import RecordRef
+from ecg_tfx.core import storage
+from ecg_tfx.core.records import RecordRef
+from ecg_tfx.data import transform
 
 PROGRESS_DIR = ".progress"
 

@@ -33,10 +33,11 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, predict_pb2, prediction_log_pb2
 
-from ecg_tfx import input_pipeline, schema, storage
-from ecg_tfx.model_spec import ModelSpec, frame, window_probabilities
-from ecg_tfx.preprocessing import preprocess
-from ecg_tfx.resample import resample
+from ecg_tfx.core import schema, storage
+from ecg_tfx.core.model_spec import ModelSpec, frame, window_probabilities
+from ecg_tfx.data import input_pipeline
+from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.dsp.resample import resample
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.txt"

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import wfdb
 
-from ecg_tfx.records import Record, RecordRef, canonical_lead
-from ecg_tfx.sources import RecordError, SourceError
+from ecg_tfx.core.records import Record, RecordRef, canonical_lead
+from ecg_tfx.data.sources import RecordError, SourceError
 
 # Bytes per stored sample of WFDB's uncompressed formats (212 packs 2 samples in 3 bytes, 310/311 3 in 4).
 _BYTES_PER_SAMPLE = {

@@ -15,10 +15,11 @@ import io
 import numpy as np
 import tensorflow as tf
 
-from ecg_tfx import plots, storage
-from ecg_tfx.input_pipeline import make_dataset
-from ecg_tfx.metrics import THRESHOLD, aggregate_by_record, compute_metrics
-from ecg_tfx.model_spec import ModelSpec, window_probabilities
+from ecg_tfx.core import storage
+from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
+from ecg_tfx.data.input_pipeline import make_dataset
+from ecg_tfx.evaluation import plots
+from ecg_tfx.evaluation.metrics import THRESHOLD, aggregate_by_record, compute_metrics
 
 SPLITS = ("train", "validation", "test")
 CHECKPOINTS = {"final": "model.keras", "best": "best.keras"}

@@ -7,8 +7,8 @@ import json
 
 import tensorflow as tf
 
-from ecg_tfx import storage
-from ecg_tfx.preprocessing import PreprocessConfig
+from ecg_tfx.core import storage
+from ecg_tfx.dsp.preprocessing import PreprocessConfig
 
 FILENAME = "model_spec.json"
 

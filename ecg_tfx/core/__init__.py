@@ -1,0 +1,2 @@
+"""Shared types and I/O every stage uses: records and leads, label presets, the TFRecord schema, storage on any
+filesystem, the manifest of a conversion, the ModelSpec of a trained model and the layout of a run folder."""

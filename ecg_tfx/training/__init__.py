@@ -1,0 +1,1 @@
+"""Training: the TrainConfig, the trainer library, tf.distribute strategies and precision, Keras callbacks."""
