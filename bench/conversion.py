@@ -177,7 +177,7 @@ def stamped_convert(input_dir: str, work: str, workers: int) -> tuple[float, flo
     with open(stamp_file, encoding="utf-8") as f:
         stamps = sorted(float(line) for line in f)
     os.remove(stamp_file)
-    records = sum(split["records"] for split in manifest["splits"].values())
+    records = sum(split.records for split in manifest.splits.values())
     return total, (stamps[-1] - stamps[0]) * records / (len(stamps) - 1)
 
 
@@ -348,7 +348,7 @@ def _rss_child(input_dir: str, output_dir: str) -> None:
         f.write("5")
     with timing.quiet():
         manifest = conversion.run(config(input_dir), output_dir, 1)
-    records = sum(split["records"] for split in manifest["splits"].values())
+    records = sum(split.records for split in manifest.splits.values())
     print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "before_kb": before,
                       "conversion_peak_kb": _status_kb("VmHWM"), "records": records}))
 

@@ -18,7 +18,7 @@ BATCH = 32
 @dataclasses.dataclass(frozen=True)
 class Data:
     data_dir: str
-    manifest: dict
+    manifest: object  # ecg_tfx.core.manifest.Manifest (imported lazily, like everything of ecg_tfx here)
     note: str
 
 
@@ -42,42 +42,29 @@ def converted() -> Data:
     data_dir = str(WORKSPACE / f"tfrecords_{name}")
     with timing.quiet():
         manifest = conversion.run(config, data_dir, overwrite=True)
-    examples = {split: manifest["splits"][split]["examples"] for split in ("train", "validation", "test")}
-    return Data(data_dir, manifest, f"{note}: {examples} windows of {manifest['window_samples']} samples")
+    examples = {split: manifest.splits[split].examples for split in ("train", "validation", "test")}
+    return Data(data_dir, manifest, f"{note}: {examples} windows of {manifest.window_samples} samples")
 
 
-def spec(manifest: dict):
+def spec(manifest):
     """The ModelSpec of the seed CNN on 2.5-s crops with the default 0.5-Hz high-pass."""
-    from ecg_tfx.core.model_spec import ModelSpec
-    from ecg_tfx.dsp.preprocessing import PreprocessConfig
-
-    return ModelSpec(model="cnn", labels=tuple(manifest["labels"]), multi_label=manifest["multi_label"],
-                     leads=tuple(manifest["leads"]), sample_rate_hz=manifest["sample_rate_hz"],
-                     window_samples=manifest["window_samples"], stride_samples=manifest["stride_samples"],
-                     input_samples=INPUT_SAMPLES, eval_stride_samples=SAMPLE_RATE,
-                     preprocessing=PreprocessConfig(manifest["sample_rate_hz"]))
+    return manifest.model_spec("cnn", input_seconds=INPUT_SAMPLES / SAMPLE_RATE)
 
 
 def compiled_cnn(model_spec):
-    """The seed CNN compiled as the trainer compiles it (Adam, cross-entropy, accuracy), under the global policy."""
-    import keras
+    """The seed CNN compiled by the trainer (Adam at 1e-3, cross-entropy, accuracy and AUC), under the global policy."""
+    from ecg_tfx.training.config import TrainConfig
+    from ecg_tfx.training.trainer import compile_model
 
-    from ecg_tfx.models import build_model
-
-    model = build_model("cnn", len(model_spec.leads), len(model_spec.labels), model_spec.multi_label,
-                        model_spec.sample_rate_hz, model_spec.input_samples)
-    loss = "binary_crossentropy" if model_spec.multi_label else "categorical_crossentropy"
-    model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
-    return model
+    return compile_model(TrainConfig(data_dir="", run_dir=""), model_spec, train_steps=1)
 
 
 def train_dataset(data: Data, model_spec, repeat: bool = True):
     """The trainer's training dataset: cached preprocessed windows, shuffled, cropped and scaled per batch."""
     from ecg_tfx.data import input_pipeline
-    from ecg_tfx.dsp.augment import AugmentConfig
+    from ecg_tfx.training.config import TrainConfig
 
-    augmentation = AugmentConfig(crop_samples=model_spec.input_samples, scale_range=(0.9, 1.1),
-                                 sample_rate_hz=model_spec.sample_rate_hz)
+    augmentation = TrainConfig(data_dir="", run_dir="").augment_config(model_spec)
     return input_pipeline.make_dataset(data.data_dir, data.manifest, "train", model_spec, BATCH, training=True,
                                        augmentation=augmentation, drop_remainder=True, repeat=repeat)
 
@@ -117,7 +104,8 @@ def exported() -> tuple[str, str]:
 
     Made once per bench process and shared by the export and serving sections.
     """
-    from ecg_tfx.serving import saved_model as export_lib
+    from ecg_tfx.core.run_folder import RunFolder
+    from ecg_tfx.serving.exporter import export_run
 
     dataset = converted()
     model_spec = spec(dataset.manifest)
@@ -128,9 +116,9 @@ def exported() -> tuple[str, str]:
     for folder in (run_dir, export_dir):
         shutil.rmtree(folder, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    model.save(run_dir / "model.keras")
+    model.save(RunFolder(str(run_dir)).model)
     model_spec.save(str(run_dir))
     with timing.quiet():
-        version = export_lib.export_run(str(run_dir), str(export_dir), "ecg", version=1, tflite=True,
+        version = export_run(str(run_dir), str(export_dir), "ecg", version=1, tflite=True,
                                     data_dir=dataset.data_dir)
     return version, str(run_dir)

@@ -4,7 +4,7 @@ Every form gets the same input, raw 10-s mV windows at the spec's rate, and does
 sliding 2.5-s crops, the CNN, the mean over crops):
 - keras: the Keras model with `preprocess` + `window_probabilities` in one `tf.function` (what training runs);
 - saved_model: the exported `serving_default` signature (in-graph resampling, framing and preprocessing);
-- tflite_float32 / tflite_int8: the exported TFLite window models through `export_lib.TFLiteRunner` (1 thread, as
+- tflite_float32 / tflite_int8: the exported TFLite window models through `serving.tflite.TFLiteRunner` (1 thread, as
   exported; batch 32 = 32 invocations, since the TFLite models take one window).
 Agreement: argmax agreement and the largest probability difference with the Keras path on every converted window.
 """
@@ -37,12 +37,13 @@ def predictors(version: str, run_dir: str, spec) -> dict:
 
     from ecg_tfx.core.model_spec import window_probabilities
     from ecg_tfx.dsp.preprocessing import preprocess
-    from ecg_tfx.serving import saved_model as export_lib
+    from ecg_tfx.serving.exporter import load_run
+    from ecg_tfx.serving.tflite import TFLiteRunner
 
-    model, _ = export_lib.load_run(run_dir)
+    model, _ = load_run(run_dir)
     keras_path = tf.function(lambda w: window_probabilities(model, preprocess(w, spec.preprocessing), spec))
     serving = tf.saved_model.load(version).signatures["serving_default"]
-    runners = {kind: export_lib.TFLiteRunner(open(os.path.join(version, "tflite", f"model_{kind}.tflite"), "rb").read())
+    runners = {kind: TFLiteRunner(open(os.path.join(version, "tflite", f"model_{kind}.tflite"), "rb").read())
                for kind in ("float32", "int8")}
 
     def saved_model(windows: np.ndarray) -> np.ndarray:
@@ -61,12 +62,12 @@ def fir_only(spec):
     import tensorflow as tf
 
     from ecg_tfx.dsp.preprocessing import preprocess
-    from ecg_tfx.serving import saved_model as export_lib
+    from ecg_tfx.serving.tflite import TFLiteRunner
 
     function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing, method="direct"),
                            input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32)])
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
-    runner = export_lib.TFLiteRunner(converter.convert())
+    runner = TFLiteRunner(converter.convert())
     return lambda windows: np.concatenate([runner(window[None]) for window in windows])
 
 
@@ -88,8 +89,8 @@ def findings(times: dict, speed: float, agreement: dict, spec) -> list[str]:
             f"TFLite int8 is {speed:.2f}x the SavedModel's batch-1 speed (target 3x). The TFLite preprocessing alone "
             f"(a direct {len(fir_taps(spec.preprocessing))}-tap FIR: TFLite has no inverse FFT, and as a 1-channel "
             f"CONV_2D it is a pathological convolution shape) takes {fir_share:.0%} of the TFLite float32 "
-            "time, while the SavedModel filters by FFT; and `export_lib.TFLiteRunner` runs 1 thread against "
-            "TensorFlow's 2. Fix (ecg_tfx/export_lib.py, not this benchmark's file): export the TFLite models from "
+            "time, while the SavedModel filters by FFT; and `serving.tflite.TFLiteRunner` runs 1 thread against "
+            "TensorFlow's 2. Fix (ecg_tfx/serving/tflite.py, not this benchmark's file): export the TFLite models from "
             "preprocessed windows (the CNN + crop averaging only) and run the FIR beside the interpreter "
             "(scipy.signal.oaconvolve/fftconvolve with `preprocessing.fir_taps`, the same taps), which removes "
             "that share of the latency; and let TFLiteRunner take num_threads.")
@@ -106,7 +107,8 @@ def findings(times: dict, speed: float, agreement: dict, spec) -> list[str]:
 
 def run(quick: bool = False) -> dict:
     """Measures the section and returns its results."""
-    from ecg_tfx.serving import saved_model as export_lib
+    from ecg_tfx.core.run_folder import RunFolder
+    from ecg_tfx.serving.tflite import read_windows
 
     reps, calls = (3, 5) if quick else (5, 10)
     dataset = data.converted()
@@ -114,7 +116,7 @@ def run(quick: bool = False) -> dict:
     started = time.perf_counter()
     version, run_dir = data.exported()
     export_seconds = time.perf_counter() - started
-    windows = np.concatenate([export_lib.read_windows(dataset.data_dir, split, spec, 1000)[0]
+    windows = np.concatenate([read_windows(dataset.data_dir, split, spec, 1000)[0]
                               for split in ("train", "validation", "test")])
     batch32 = np.resize(windows, (data.BATCH, *windows.shape[1:]))
     forms = predictors(version, run_dir, spec)
@@ -126,7 +128,7 @@ def run(quick: bool = False) -> dict:
     cases["tflite_fir_only b1"] = lambda: per_call(fir, windows[:1], calls)
     times = timing.interleaved(cases, reps)
     reference = forms["keras"](windows)
-    sizes = {"keras": os.path.getsize(os.path.join(run_dir, "model.keras")),
+    sizes = {"keras": os.path.getsize(RunFolder(run_dir).model),
              "saved_model": tree_bytes(version, skip="tflite"),
              **{f"tflite_{k}": os.path.getsize(os.path.join(version, "tflite", f"model_{k}.tflite"))
                 for k in ("float32", "int8")}}

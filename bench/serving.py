@@ -97,7 +97,7 @@ def burst(port: int, body: bytes, clients: int, max_requests: int, max_seconds: 
 
 
 def profile_request(version_dir: str, body: bytes, calls: int = 5, top: int = 8) -> tuple[list[str], dict]:
-    """cProfile of the server's request handler (`rest_api.RestApi.handle`) in this process.
+    """cProfile of the server's request handler (`serving.rest.api.RestApi.handle`) in this process.
 
     Returns the functions with the most own time, and the milliseconds per request (under the profiler) of
     the whole handler, of the JSON -> tensor conversion and of the model call.
@@ -105,9 +105,10 @@ def profile_request(version_dir: str, body: bytes, calls: int = 5, top: int = 8)
     import cProfile
     import pstats
 
-    from ecg_tfx.serving.rest import api as rest_api
+    from ecg_tfx.serving.rest.api import RestApi
+    from ecg_tfx.serving.rest.servables import Model
 
-    api = rest_api.RestApi({"ecg": rest_api.Model.load("ecg", os.path.dirname(version_dir))})
+    api = RestApi({"ecg": Model.load("ecg", os.path.dirname(version_dir))})
     api.handle("POST", "/v1/models/ecg:predict", body)
     profiler = cProfile.Profile()
     for _ in range(calls):
@@ -125,13 +126,13 @@ def profile_request(version_dir: str, body: bytes, calls: int = 5, top: int = 8)
 
 def run(quick: bool = False) -> dict:
     """Measures the section and returns its results."""
-    from ecg_tfx.serving import saved_model as export_lib
+    from ecg_tfx.serving.tflite import read_windows
 
     rounds, per_client, seconds = (2, 6, 8.0) if quick else (3, 10, 12.0)
     dataset = data.converted()
     spec = data.spec(dataset.manifest)
     version, _ = data.exported()
-    window = export_lib.read_windows(dataset.data_dir, "train", spec, 1)[0][0]
+    window = read_windows(dataset.data_dir, "train", spec, 1)[0][0]
     body = request_body(window, spec.sample_rate_hz)
     process, port = start_server(version, str(data.WORKSPACE / "serve.log"))
     try:
@@ -161,10 +162,10 @@ def run(quick: bool = False) -> dict:
     findings = [
         f"Where a request's time goes (profiled handler, ms per request under cProfile): JSON -> tensor "
         f"{split['json_to_tensor']:.0f} ms, model call {split['model_call']:.0f} ms, of {split['handler']:.0f} ms. "
-        "Since `rest_api.tensor_from_json` converts plain numbers in one numpy call (it took 75 of 100 ms per "
-        "request when it converted each value in Python), the model call is the bound: one request at a time "
-        "already reaches most of the 2 cores' throughput, so more clients only queue, and the request's JSON "
-        "parse runs on the event loop between model calls."]
+        "Since `serving.rest.json_tensors.tensor_from_json` converts plain numbers in one numpy call (it took 75 "
+        "of 100 ms per request when it converted each value in Python), the model call is the bound: one request "
+        "at a time already reaches most of the 2 cores' throughput, so more clients only queue, and the request's "
+        "JSON parse runs on the event loop between model calls."]
     if not (tail < 2.0 and top["errors"] == 0):
         findings.append(f"missed: p99/p50 {tail:.2f} with {top['errors']} errors at {LEVELS[-1]} clients; queueing "
                         "on 2 shared cores (see the load) makes the tail follow whatever else runs.")

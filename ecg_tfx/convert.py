@@ -13,6 +13,7 @@ import sys
 from absl import app, flags, logging
 
 from ecg_tfx.core import storage
+from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.data import conversion, conversion_flags
 from ecg_tfx.data.sources import SourceError
 
@@ -25,15 +26,15 @@ _BEAM_ARGS = flags.DEFINE_string("beam_args", "", "Beam pipeline options for --r
                                  "'--runner=DataflowRunner --project=... --extra_package=<ecg_tfx wheel>'.")
 
 
-def summary(manifest: dict) -> str:
+def summary(manifest: Manifest) -> str:
     """A short human summary of a manifest."""
-    lines = [f"{manifest['source']}: {len(manifest['leads'])} leads at {manifest['sample_rate_hz']} Hz, "
-             f"windows of {manifest['window_samples']} samples, classes {manifest['labels']}"]
-    for split, info in manifest["splits"].items():
-        lines.append(f"  {split:<10} {info['examples']:>6} windows {info['records']:>5} records "
-                     f"{info['patients']:>4} patients {len(info['shards'])} shards  {info['class_records']}")
-    if manifest["skipped_counts"]:
-        lines.append(f"  skipped records by stage: {manifest['skipped_counts']} (reasons in manifest.json)")
+    lines = [f"{manifest.source}: {len(manifest.leads)} leads at {manifest.sample_rate_hz} Hz, "
+             f"windows of {manifest.window_samples} samples, classes {list(manifest.labels)}"]
+    for name, split in manifest.splits.items():
+        lines.append(f"  {name:<10} {split.examples:>6} windows {split.records:>5} records "
+                     f"{split.patients:>4} patients {len(split.shards)} shards  {dict(split.class_records)}")
+    if manifest.skipped_counts:
+        lines.append(f"  skipped records by stage: {dict(manifest.skipped_counts)} (reasons in manifest.json)")
     return "\n".join(lines)
 
 

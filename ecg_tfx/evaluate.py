@@ -11,10 +11,11 @@ import tensorflow as tf
 from absl import app, flags
 
 from ecg_tfx.core import storage
+from ecg_tfx.core.manifest import SPLITS, Manifest
 from ecg_tfx.core.model_spec import ModelSpec
-from ecg_tfx.data.input_pipeline import load_manifest
+from ecg_tfx.core.run_folder import CHECKPOINTS, RunFolder
 from ecg_tfx.evaluation import plots
-from ecg_tfx.evaluation.evaluate import CHECKPOINTS, SPLITS, default_out_dir, evaluate, summary
+from ecg_tfx.evaluation.evaluate import evaluate, summary
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run folder (model.keras, best.keras, model_spec.json).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted TFRecords with manifest.json.")
@@ -35,22 +36,21 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import keras  # deferred: flag parsing and --help stay fast
 
-    run_dir = _RUN_DIR.value
-    storage.enable_filesystem(run_dir)
-    model_path = storage.join(run_dir, CHECKPOINTS[_CHECKPOINT.value])
+    run = RunFolder(_RUN_DIR.value)
+    storage.enable_filesystem(run.path)
+    model_path = run.checkpoint(_CHECKPOINT.value)
     if not tf.io.gfile.exists(model_path):
         sys.exit(f"error: {model_path} does not exist (is --run_dir a finished training run?)")
-    spec = ModelSpec.load(run_dir)
+    spec = ModelSpec.load(run.path)
     model = keras.saving.load_model(model_path, compile=False)
-    out_dir = _OUT_DIR.value or default_out_dir(run_dir, _SPLIT.value, _CHECKPOINT.value)
+    out_dir = _OUT_DIR.value or run.evaluation_dir(_SPLIT.value, _CHECKPOINT.value)
     try:
-        result = evaluate(model, spec, _DATA_DIR.value, load_manifest(_DATA_DIR.value), _SPLIT.value, out_dir,
+        result = evaluate(model, spec, _DATA_DIR.value, Manifest.load(_DATA_DIR.value), _SPLIT.value, out_dir,
                           _BATCH_SIZE.value)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    history = storage.join(run_dir, "history.csv")
-    if tf.io.gfile.exists(history):
-        plots.save_training_history(history, storage.join(run_dir, "training_history.png"))
+    if tf.io.gfile.exists(run.history):
+        plots.save_training_history(run.history, run.history_plot)
     print(summary(result, out_dir))
 
 

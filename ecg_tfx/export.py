@@ -1,4 +1,4 @@
-"""Exports a training run for TF Serving and, with --tflite, for phones (see `ecg_tfx.export_lib`).
+"""Exports a training run for TF Serving and, with --tflite, for phones (see `ecg_tfx.serving.exporter`).
 
     python -m ecg_tfx.export --run_dir=workspace/runs/ptb --export_dir=workspace/exports [--model_name=ecg]
                              [--version=N] [--tflite --data_dir=workspace/tfrecords/ptb]
@@ -11,7 +11,7 @@ import re
 from absl import app, flags
 
 from ecg_tfx.core import storage
-from ecg_tfx.serving.saved_model import export_run
+from ecg_tfx.serving.exporter import export_run
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run folder (model.keras, model_spec.json).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Base folder; the model goes to <export_dir>/<model_name>/<N>.")

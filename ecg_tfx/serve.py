@@ -1,4 +1,4 @@
-"""Serves exports over TF Serving's REST API on this machine (see `ecg_tfx.rest_api`).
+"""Serves exports over TF Serving's REST API on this machine (see `ecg_tfx.serving.rest`).
 
     python -m ecg_tfx.serve --model_base_path=workspace/exports/ecg [--model_name=ecg] [--port=8501]
                             [--host=127.0.0.1] [--max_request_bytes=33554432] [--version_labels=stable:1,canary:2]
@@ -12,7 +12,8 @@ import threading
 
 from absl import app, flags
 
-from ecg_tfx.serving.rest.api import DEFAULT_MAX_REQUEST_BYTES, Model, Server, parse_version_labels
+from ecg_tfx.serving.rest.http import DEFAULT_MAX_REQUEST_BYTES, Server
+from ecg_tfx.serving.rest.servables import Model, parse_version_labels
 
 _MODEL_BASE_PATH = flags.DEFINE_string("model_base_path", None, "Folder holding integer version folders.",
                                        required=True)

@@ -1,10 +1,18 @@
-"""Shared fixtures: the real recordings in ../shared/data, skipped with a clear reason when absent."""
+"""Shared fixtures: the real recordings in ../shared/data (skipped with a clear reason when absent), and a tiny
+conversion, trained run and export made once per session for the tests of every later stage."""
 
 from __future__ import annotations
 
 import pathlib
 
+import keras
 import pytest
+
+from ecg_tfx.core.manifest import Manifest
+from ecg_tfx.core.run_folder import RunFolder
+from ecg_tfx.data import conversion, input_pipeline
+from ecg_tfx.models import build_model
+from ecg_tfx.serving.exporter import export_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -27,3 +35,37 @@ def ptb_dir() -> pathlib.Path:
 def ptbxl_dir() -> pathlib.Path:
     """The first 400 PTB-XL records."""
     return _data_dir("ptbxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, Manifest]:
+    """40 synthetic 10-s records (20 patients, 5 conditions) at 500 Hz, converted once: (data folder, manifest)."""
+    data_dir = tmp_path_factory.mktemp("tiny_data")
+    config = conversion.ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2,
+                                         synthetic_duration_s=10)
+    return data_dir, conversion.run(config, str(data_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_conversion, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A run folder (model.keras, model_spec.json) with the seed CNN on 2.5-s inputs, fitted for one epoch."""
+    data_dir, manifest = tiny_conversion
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    spec = manifest.model_spec("cnn", input_seconds=2.5, eval_stride_seconds=2.5)
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn", len(spec.leads), len(spec.labels), False, spec.sample_rate_hz)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 16, training=False), epochs=1,
+              verbose=0)
+    model.save(RunFolder(str(run_dir)).model)
+    spec.save(str(run_dir))
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_conversion, tiny_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """The tiny run exported with TFLite: its data, run, export base and version folders."""
+    data_dir, _ = tiny_conversion
+    export_dir = tmp_path_factory.mktemp("tiny_export")
+    version = export_run(str(tiny_run), str(export_dir), "ecg", tflite=True, data_dir=str(data_dir))
+    return {"data": data_dir, "run": tiny_run, "export_dir": export_dir, "version": pathlib.Path(version)}

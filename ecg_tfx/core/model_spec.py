@@ -33,6 +33,16 @@ class ModelSpec:
     eval_stride_samples: int
     preprocessing: PreprocessConfig
 
+    def __post_init__(self) -> None:
+        if self.preprocessing.sample_rate_hz != self.sample_rate_hz:
+            raise ValueError(f"the preprocessing runs at {self.preprocessing.sample_rate_hz} Hz but the model's "
+                             f"sample rate is {self.sample_rate_hz} Hz: one rate for both")
+        if not 0 < self.input_samples <= self.window_samples:
+            raise ValueError(f"input_samples={self.input_samples} must lie in (0, window_samples="
+                             f"{self.window_samples}]")
+        if min(self.stride_samples, self.eval_stride_samples) <= 0:
+            raise ValueError("stride_samples and eval_stride_samples must be positive")
+
     def to_json(self) -> dict:
         value = dataclasses.asdict(self)
         value["preprocessing"] = self.preprocessing.to_json()

@@ -55,3 +55,12 @@ class Record:
     def __post_init__(self) -> None:
         if self.signal.ndim != 2 or self.signal.shape[1] != len(self.leads):
             raise ValueError(f"signal shape {self.signal.shape} does not match {len(self.leads)} leads")
+
+
+class RecordError(ValueError):
+    """One record cannot be read; carries its path and the reason."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

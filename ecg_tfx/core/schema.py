@@ -24,6 +24,22 @@ RECORD_ID = "record_id"
 PATIENT_ID = "patient_id"
 WINDOW_INDEX = "window_index"
 
+COMPRESSIONS = ("NONE", "GZIP")  # how shards may be compressed (manifest's `compression`)
+
+
+def tfrecord_compression(compression: str) -> str:
+    """The `compression_type` TensorFlow's TFRecord readers and writers take for a manifest compression."""
+    return "" if compression == "NONE" else compression
+
+
+def shard_suffix(compression: str) -> str:
+    return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+
+
+def shard_name(split: str, index: int, count: int, compression: str) -> str:
+    """`{split}-{index:05d}-of-{count:05d}.tfrecord[.gz]`, as TFX and Beam name shards."""
+    return f"{split}-{index:05d}-of-{count:05d}{shard_suffix(compression)}"
+
 
 def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))

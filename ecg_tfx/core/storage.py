@@ -15,6 +15,8 @@ from contextlib import contextmanager
 
 import tensorflow as tf
 
+from ecg_tfx.core import schema
+
 _FILESYSTEM_MODULES = {"s3": "tensorflow_io", "hdfs": "tensorflow_io", "az": "tensorflow_io"}
 _plugin_filesystems_used = False
 
@@ -123,7 +125,7 @@ def read_json(path: str) -> dict:
 def tfrecord_writer(path: str, compression: str) -> Iterator[tf.io.TFRecordWriter]:
     """Yields a TFRecordWriter on a temporary name; publishes the file only if the block succeeds."""
     tmp = temporary_name(path)
-    options = tf.io.TFRecordOptions(compression_type="" if compression == "NONE" else compression)
+    options = tf.io.TFRecordOptions(compression_type=schema.tfrecord_compression(compression))
     try:
         with tf.io.TFRecordWriter(tmp, options) as writer:
             yield writer

@@ -26,8 +26,9 @@ from absl import logging
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from ecg_tfx.core import storage
-from ecg_tfx.data import conversion, shards, splits, transform
+from ecg_tfx.core import schema, storage
+from ecg_tfx.core.manifest import SPLITS, Manifest, ShardFile
+from ecg_tfx.data import conversion, shards, transform
 from ecg_tfx.data.conversion import ConversionConfig
 
 STATS = "stats"  # the tagged output of per-record counts and failures
@@ -60,24 +61,17 @@ class ConvertRecord(beam.DoFn):
 
     def process(self, element: tuple[str, shards.Item]) -> Iterator:
         split, item = element
-        try:
-            record = self._source.load(item.ref)
-            serialized = transform.record_examples(record, item.classes, self._plan)
-        except Exception as error:  # one bad record must not stop the run (as in shards.write)
-            reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-            logging.warning("skipping %s: %s", item.ref.path or item.ref.record_id, reason)
-            skipped = {"record_id": item.ref.record_id, "path": item.ref.path, "reason": reason, "stage": "read"}
-            yield beam.pvalue.TaggedOutput(STATS, record_stats(split, item, 0, False, [skipped]))
-            return
-        yield from serialized
-        padded = len(record.signal) * self._plan.sample_rate_hz < self._plan.window_samples * record.sample_rate_hz
-        yield beam.pvalue.TaggedOutput(STATS, record_stats(split, item, len(serialized), padded, []))
+        converted = transform.convert_record(self._source, item.ref, item.classes, self._plan)
+        yield from converted.examples
+        skipped = [converted.skipped] if converted.skipped else []
+        yield beam.pvalue.TaggedOutput(STATS, record_stats(split, item, len(converted.examples), converted.padded,
+                                                           skipped))
 
 
 def shard_stats(path: str, split: str, compression: str) -> dict:
     """A written shard's entry in the manifest: file name, example count and sha256."""
     storage.enable_filesystem(path)
-    dataset = tf.data.TFRecordDataset(path, "" if compression == "NONE" else compression)
+    dataset = tf.data.TFRecordDataset(path, schema.tfrecord_compression(compression))
     count = int(dataset.reduce(0, lambda n, _: n + 1))
     return {"kind": "shard", "split": split, "file": path.rsplit("/", 1)[-1], "examples": count,
             "sha256": storage.sha256(path)}
@@ -86,10 +80,9 @@ def shard_stats(path: str, split: str, compression: str) -> dict:
 def build_pipeline(pipeline: beam.Pipeline, planned: conversion.ConversionPlan, output_dir: str,
                    compression: str, results_prefix: str) -> None:
     """Adds the conversion of every planned split to `pipeline`; results go to `results_prefix`*.jsonl."""
-    suffix = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
     beam_compression = CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED
     results = []
-    for split in splits.SPLITS:
+    for split in SPLITS:
         tasks = [task for task in planned.tasks if task.split == split]
         if not tasks:
             continue
@@ -102,7 +95,7 @@ def build_pipeline(pipeline: beam.Pipeline, planned: conversion.ConversionPlan, 
                 STATS, main="examples")
         )
         written = converted.examples | f"Write {split}" >> beam.io.WriteToTFRecord(
-            storage.join(output_dir, split), file_name_suffix=suffix, num_shards=len(tasks),
+            storage.join(output_dir, split), file_name_suffix=schema.shard_suffix(compression), num_shards=len(tasks),
             shard_name_template="-SSSSS-of-NNNNN", compression_type=beam_compression)
         results += [converted[STATS],
                     written | f"Hash {split}" >> beam.Map(shard_stats, split=split, compression=compression)]
@@ -132,7 +125,8 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return options
 
 
-def run(config: ConversionConfig, output_dir: str, beam_args: Sequence[str] = (), overwrite: bool = False) -> dict:
+def run(config: ConversionConfig, output_dir: str, beam_args: Sequence[str] = (), overwrite: bool = False
+        ) -> Manifest:
     """Converts the configured source into `output_dir` with a Beam pipeline; returns the manifest.
 
     `beam_args` are Beam pipeline options (e.g. --runner=DataflowRunner ...); the default is the DirectRunner.
@@ -155,10 +149,10 @@ def run(config: ConversionConfig, output_dir: str, beam_args: Sequence[str] = ()
     conversion.check_failures(read_failures, planned.total, config.max_failure_fraction, final=True)
     manifest = conversion.build_manifest(
         config, planned.preset, planned.window,
-        {split: [r for r in records if r["split"] == split] for split in splits.SPLITS},
-        {split: [{key: f[key] for key in ("file", "examples", "sha256")} for f in files if f["split"] == split]
-         for split in splits.SPLITS},
+        {split: [r for r in records if r["split"] == split] for split in SPLITS},
+        {split: [ShardFile(f["file"], f["examples"], f["sha256"]) for f in files if f["split"] == split]
+         for split in SPLITS},
         planned.skipped)
-    storage.write_json(storage.join(output_dir, conversion.MANIFEST), manifest)
+    manifest.save(output_dir)
     tf.io.gfile.rmtree(storage.join(output_dir, shards.PROGRESS_DIR))
     return manifest

@@ -12,11 +12,11 @@ import tensorflow as tf
 from absl import logging
 
 from ecg_tfx.core import labels, schema, storage
+from ecg_tfx.core.manifest import FILENAME as MANIFEST_FILE
+from ecg_tfx.core.manifest import SPLITS, Manifest, ShardFile, SplitSummary
 from ecg_tfx.core.records import ALL_LEADS, STANDARD12, RecordRef, canonical_lead, standard_order
 from ecg_tfx.data import shards, splits, transform
 from ecg_tfx.data.sources import SourceError
-
-MANIFEST = "manifest.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +84,6 @@ def resolve_leads(spec: str, refs: list[RecordRef]) -> tuple[str, ...]:
     return tuple(canonical_lead(name) for name in spec.split(","))
 
 
-def _skip(ref: RecordRef, reason: str, stage: str) -> dict:
-    return {"record_id": ref.record_id, "path": ref.path, "reason": reason, "stage": stage}
-
-
 def select(config: ConversionConfig, refs: list[RecordRef], preset: labels.LabelPreset
            ) -> tuple[list[shards.Item], tuple[str, ...], tuple[str, ...], list[dict]]:
     """Chooses records and classes by the label preset; returns items, vocabulary, leads and the skipped."""
@@ -99,7 +95,7 @@ def select(config: ConversionConfig, refs: list[RecordRef], preset: labels.Label
             items.append(shards.Item(ref, classes))
         else:
             raw = ", ".join(ref.labels) or "none"
-            skipped.append(_skip(ref, f"labels ({raw}) not in preset {preset.name}", "label"))
+            skipped.append(transform.skip_entry(ref, f"labels ({raw}) not in preset {preset.name}", "label"))
     per_class = Counter(name for item in items for name in item.classes)
     rare = {name for name, n in per_class.items() if n < config.min_class_records}
     if rare:
@@ -112,7 +108,7 @@ def select(config: ConversionConfig, refs: list[RecordRef], preset: labels.Label
                 kept.append(dataclasses.replace(item, classes=classes))
             else:
                 reason = f"class {item.classes[0]} has fewer than {config.min_class_records} records"
-                skipped.append(_skip(item.ref, reason, "label"))
+                skipped.append(transform.skip_entry(item.ref, reason, "label"))
         items = kept
     vocabulary = preset.classes or tuple(sorted({name for item in items for name in item.classes}))
     vocabulary = tuple(name for name in vocabulary if name not in rare)
@@ -121,7 +117,7 @@ def select(config: ConversionConfig, refs: list[RecordRef], preset: labels.Label
     for item in items:
         missing = [name for name in leads if name not in item.ref.leads]
         if missing:
-            skipped.append(_skip(item.ref, f"record lacks leads {','.join(missing)}", "leads"))
+            skipped.append(transform.skip_entry(item.ref, f"record lacks leads {','.join(missing)}", "leads"))
         else:
             with_leads.append(item)
     return with_leads, vocabulary, leads, skipped
@@ -145,7 +141,7 @@ def assign_splits(config: ConversionConfig, items: list[shards.Item]) -> dict[st
             [item.ref.patient_id for item in items], ["|".join(item.classes) for item in items],
             splits.parse_fractions(config.split), config.seed)
     return {split: [item for item, name in zip(items, names, strict=True) if name == split]
-            for split in splits.SPLITS}
+            for split in SPLITS}
 
 
 class Progress:
@@ -205,10 +201,10 @@ def _run_tasks(tasks: list[shards.ShardTask], source, plan, output_dir: str, num
     return results
 
 
-def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> dict | None:
+def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> Manifest | None:
     """Checks the output folder; returns the manifest if this exact conversion is already complete."""
     storage.enable_filesystem(output_dir)
-    manifest_path = storage.join(output_dir, MANIFEST)
+    manifest_path = storage.join(output_dir, MANIFEST_FILE)
     config_path = storage.join(output_dir, shards.PROGRESS_DIR, "config.json")
     existing = None
     if tf.io.gfile.exists(manifest_path):
@@ -222,12 +218,12 @@ def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> dict | N
             changed = sorted(k for k in set(existing) | set(recorded) if existing.get(k) != recorded.get(k))
             raise ConversionError(f"{output_dir} holds a conversion made with other flags ({', '.join(changed)}); "
                                   "pass --overwrite to replace it")
-        for pattern in ("*.tfrecord*", MANIFEST, shards.PROGRESS_DIR):
+        for pattern in ("*.tfrecord*", MANIFEST_FILE, shards.PROGRESS_DIR):
             for path in tf.io.gfile.glob(storage.join(output_dir, pattern)):
                 (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
         existing = None
     if existing is not None and tf.io.gfile.exists(manifest_path):
-        return storage.read_json(manifest_path)
+        return Manifest.load(output_dir)
     for stale in tf.io.gfile.glob(storage.join(output_dir, ".*.tmp-*")):  # left by a killed run
         tf.io.gfile.remove(stale)
     tf.io.gfile.makedirs(storage.join(output_dir, shards.PROGRESS_DIR))
@@ -272,8 +268,9 @@ def plan_conversion(config: ConversionConfig) -> ConversionPlan:
     items, vocabulary, leads, label_skipped = select(config, refs, preset)
     plan = window_plan(config, leads, vocabulary)
     too_short = [item for item in items if plan.window_count(round(item.ref.duration_s * plan.sample_rate_hz)) == 0]
-    skipped += label_skipped + [_skip(item.ref, f"shorter than one window ({item.ref.duration_s:g} s)", "length")
-                                for item in too_short]
+    skipped += label_skipped + [
+        transform.skip_entry(item.ref, f"shorter than one window ({item.ref.duration_s:g} s)", "length")
+        for item in too_short]
     items = [item for item in items if item not in too_short]
     if not items:
         raise ConversionError("no record is left to convert (see the skipped records above)")
@@ -282,7 +279,7 @@ def plan_conversion(config: ConversionConfig) -> ConversionPlan:
     return ConversionPlan(source, preset, plan, tasks, skipped, len(failures), total)
 
 
-def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwrite: bool = False) -> dict:
+def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwrite: bool = False) -> Manifest:
     """Converts the configured source into `output_dir`; resumes an interrupted run. Returns the manifest."""
     recorded = dataclasses.asdict(config)
     done = prepare_output(output_dir, recorded, overwrite)
@@ -306,53 +303,52 @@ def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwri
     read_failures = planned.listing_failures + sum(len(s["skipped"]) for s in results)
     check_failures(read_failures, planned.total, config.max_failure_fraction, final=True)
     manifest = _manifest(config, planned.preset, planned.window, tasks, results, planned.skipped)
-    storage.write_json(storage.join(output_dir, MANIFEST), manifest)
+    manifest.save(output_dir)
     tf.io.gfile.rmtree(storage.join(output_dir, shards.PROGRESS_DIR))
     return manifest
 
 
-def _manifest(config, preset, plan, tasks, results, skipped) -> dict:
+def _manifest(config, preset, plan, tasks, results, skipped) -> Manifest:
     by_file = {stats["file"]: stats for stats in results}
-    stats = {split: [by_file[t.filename] for t in tasks if t.split == split] for split in splits.SPLITS}
-    files = {split: [{"file": s["file"], "examples": s["examples"], "sha256": s["sha256"]} for s in stats[split]]
-             for split in splits.SPLITS}
+    stats = {split: [by_file[t.filename] for t in tasks if t.split == split] for split in SPLITS}
+    files = {split: [ShardFile(s["file"], s["examples"], s["sha256"]) for s in stats[split]] for split in SPLITS}
     return build_manifest(config, preset, plan, stats, files, skipped)
 
 
 def build_manifest(config: ConversionConfig, preset: labels.LabelPreset, plan: transform.WindowPlan,
-                   stats: dict[str, list[dict]], files: dict[str, list[dict]], skipped: list[dict]) -> dict:
-    """The manifest from record counts per split and the shard files (file, examples, sha256) per split.
+                   stats: dict[str, list[dict]], files: dict[str, list[ShardFile]], skipped: list[dict]) -> Manifest:
+    """The manifest from record counts per split and the shard files per split.
 
     `stats` entries carry examples, records, patient_ids, class_examples, class_records, padded and skipped:
     one per shard from the local converter, one per record from the Beam pipeline; they are summed.
     """
     split_summary = {}
-    for split in splits.SPLITS:
-        patients = sorted({p for s in stats[split] for p in s["patient_ids"]})
-        split_summary[split] = {
-            "examples": sum(s["examples"] for s in stats[split]),
-            "records": sum(s["records"] for s in stats[split]),
-            "patients": len(patients),
-            "patient_ids": patients,
-            "class_examples": dict(sum((Counter(s["class_examples"]) for s in stats[split]), Counter())),
-            "class_records": dict(sum((Counter(s["class_records"]) for s in stats[split]), Counter())),
-            "shards": files[split],
-        }
-    read_skipped = [entry for split in splits.SPLITS for s in stats[split] for entry in s["skipped"]]
-    return {
-        "schema_version": schema.SCHEMA_VERSION,
-        "source": config.source,
-        "config": dataclasses.asdict(config),
-        "label_preset": preset.name,
-        "multi_label": preset.multi_label,
-        "labels": list(plan.labels),
-        "leads": list(plan.leads),
-        "sample_rate_hz": plan.sample_rate_hz,
-        "window_samples": plan.window_samples,
-        "stride_samples": plan.stride_samples,
-        "compression": config.compression,
-        "padded_records": sum(s["padded"] for split in splits.SPLITS for s in stats[split]),
-        "splits": split_summary,
-        "skipped": skipped + read_skipped,
-        "skipped_counts": dict(Counter(entry["stage"] for entry in skipped + read_skipped)),
-    }
+    for split in SPLITS:
+        patients = tuple(sorted({p for s in stats[split] for p in s["patient_ids"]}))
+        split_summary[split] = SplitSummary(
+            examples=sum(s["examples"] for s in stats[split]),
+            records=sum(s["records"] for s in stats[split]),
+            patients=len(patients),
+            patient_ids=patients,
+            class_examples=dict(sum((Counter(s["class_examples"]) for s in stats[split]), Counter())),
+            class_records=dict(sum((Counter(s["class_records"]) for s in stats[split]), Counter())),
+            shards=tuple(files[split]),
+        )
+    read_skipped = [entry for split in SPLITS for s in stats[split] for entry in s["skipped"]]
+    return Manifest(
+        schema_version=schema.SCHEMA_VERSION,
+        source=config.source,
+        config=dataclasses.asdict(config),
+        label_preset=preset.name,
+        multi_label=preset.multi_label,
+        labels=plan.labels,
+        leads=plan.leads,
+        sample_rate_hz=plan.sample_rate_hz,
+        window_samples=plan.window_samples,
+        stride_samples=plan.stride_samples,
+        compression=config.compression,
+        padded_records=sum(s["padded"] for split in SPLITS for s in stats[split]),
+        splits=split_summary,
+        skipped=tuple(skipped + read_skipped),
+        skipped_counts=dict(Counter(entry["stage"] for entry in skipped + read_skipped)),
+    )

@@ -11,30 +11,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ecg_tfx.core import schema, storage
+from ecg_tfx.core import schema
+from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec, frame
 from ecg_tfx.dsp.augment import AugmentConfig, augment
 from ecg_tfx.dsp.preprocessing import preprocess
 
-MANIFEST = "manifest.json"
 _PARSE_BATCH = 64
-
-
-def load_manifest(data_dir: str) -> dict:
-    """The converter's manifest (schema version checked)."""
-    storage.enable_filesystem(data_dir)
-    manifest = storage.read_json(storage.join(data_dir, MANIFEST))
-    if manifest["schema_version"] != schema.SCHEMA_VERSION:
-        raise ValueError(f"{data_dir} has schema version {manifest['schema_version']}, "
-                         f"this ecg_tfx reads {schema.SCHEMA_VERSION}: convert again")
-    return manifest
-
-
-def shard_files(data_dir: str, manifest: dict, split: str) -> list[str]:
-    files = [storage.join(data_dir, shard["file"]) for shard in manifest["splits"][split]["shards"]]
-    if not files:
-        raise ValueError(f"{data_dir} has no {split} shards")
-    return files
 
 
 def targets(label_ids: tf.RaggedTensor, num_classes: int) -> tf.Tensor:
@@ -42,17 +25,10 @@ def targets(label_ids: tf.RaggedTensor, num_classes: int) -> tf.Tensor:
     return tf.reduce_max(tf.one_hot(label_ids, num_classes), axis=1)
 
 
-def class_weights(manifest: dict, labels: tuple[str, ...]) -> list[float]:
-    """Inverse-frequency weights from the training counts (mean 1 over examples)."""
-    counts = manifest["splits"]["train"]["class_examples"]
-    total = sum(counts.get(name, 0) for name in labels)
-    return [total / (len(labels) * counts[name]) if counts.get(name) else 0.0 for name in labels]
-
-
-def batches_per_epoch(manifest: dict, split: str, spec: ModelSpec, batch_size: int, training: bool,
+def batches_per_epoch(manifest: Manifest, split: str, spec: ModelSpec, batch_size: int, training: bool,
                       drop_remainder: bool = False) -> int:
     """Steps in one pass over a split: windows when training, sliding model inputs otherwise."""
-    examples = manifest["splits"][split]["examples"]
+    examples = manifest.split(split).examples
     if not training:
         examples *= 1 + (spec.window_samples - spec.input_samples) // spec.eval_stride_samples
     return max(1, examples // batch_size if drop_remainder else -(-examples // batch_size))
@@ -63,7 +39,7 @@ def _read(files: list[str], compression: str, training: bool, seed: int) -> tf.d
     if training:
         dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return dataset.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type="" if compression == "NONE" else compression),
+        lambda path: tf.data.TFRecordDataset(path, compression_type=schema.tfrecord_compression(compression)),
         cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
 
 
@@ -80,7 +56,7 @@ def _decode(spec: ModelSpec):
 
 def make_dataset(
     data_dir: str,
-    manifest: dict,
+    manifest: Manifest,
     split: str,
     spec: ModelSpec,
     batch_size: int,
@@ -103,8 +79,8 @@ def make_dataset(
     """
     if training and with_record_ids:
         raise ValueError("with_record_ids is for evaluation data")
-    files = shard_files(data_dir, manifest, split)
-    dataset = _read(files, manifest["compression"], training, seed)
+    files = manifest.shard_files(data_dir, split)
+    dataset = _read(files, manifest.compression, training, seed)
     if training:
         dataset = dataset.shuffle(4 * batch_size, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(_PARSE_BATCH).map(_decode(spec), num_parallel_calls=tf.data.AUTOTUNE).unbatch()

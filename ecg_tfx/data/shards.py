@@ -11,9 +11,8 @@ import dataclasses
 from collections import Counter
 
 import tensorflow as tf
-from absl import logging
 
-from ecg_tfx.core import storage
+from ecg_tfx.core import schema, storage
 from ecg_tfx.core.records import RecordRef
 from ecg_tfx.data import transform
 
@@ -38,8 +37,7 @@ class ShardTask:
 
     @property
     def filename(self) -> str:
-        suffix = ".tfrecord.gz" if self.compression == "GZIP" else ".tfrecord"
-        return f"{self.split}-{self.index:05d}-of-{self.count:05d}{suffix}"
+        return schema.shard_name(self.split, self.index, self.count, self.compression)
 
 
 def plan(split: str, items: list[Item], window_plan: transform.WindowPlan, shard_bytes: float, compression: str
@@ -81,24 +79,17 @@ def write(task: ShardTask, source, window_plan: transform.WindowPlan, output_dir
     path = storage.join(output_dir, task.filename)
     with storage.tfrecord_writer(path, task.compression) as writer:
         for item in task.items:
-            try:
-                record = source.load(item.ref)
-                serialized = transform.record_examples(record, item.classes, window_plan)
-            except Exception as error:  # one bad record must not stop the run
-                reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-                logging.warning("skipping %s: %s", item.ref.path or item.ref.record_id, reason)
-                skipped.append({"record_id": item.ref.record_id, "path": item.ref.path, "reason": reason,
-                                "stage": "read"})
-                serialized = []
-            for example in serialized:
+            converted = transform.convert_record(source, item.ref, item.classes, window_plan)
+            if converted.skipped:
+                skipped.append(converted.skipped)
+            for example in converted.examples:
                 writer.write(example)
-            total += len(serialized)
-            if serialized:
+            total += len(converted.examples)
+            if converted.examples:
                 patients.add(item.ref.patient_id)
-                padded += len(record.signal) * window_plan.sample_rate_hz < (
-                    window_plan.window_samples * record.sample_rate_hz)
+                padded += converted.padded
                 for name in item.classes:
-                    examples[name] += len(serialized)
+                    examples[name] += len(converted.examples)
                     records[name] += 1
             if on_record is not None:
                 on_record()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-SPLITS = ("train", "validation", "test")
+from ecg_tfx.core.manifest import SPLITS
 
 # PTB-XL's recommended use of its own stratified folds (patients never cross folds).
 FOLD_SPLITS = {**{fold: "train" for fold in range(1, 9)}, 9: "validation", 10: "test"}

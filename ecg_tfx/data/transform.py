@@ -11,9 +11,10 @@ from fractions import Fraction
 
 import numpy as np
 import scipy.signal
+from absl import logging
 
 from ecg_tfx.core import schema
-from ecg_tfx.core.records import Record
+from ecg_tfx.core.records import Record, RecordRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,3 +78,30 @@ def record_examples(record: Record, classes: tuple[str, ...], plan: WindowPlan) 
         )
         for i, window in enumerate(windows(signal, plan))
     ]
+
+
+def skip_entry(ref: RecordRef, reason: str, stage: str) -> dict[str, str]:
+    """A skipped record as the manifest lists it; `stage` is listing/label/leads/length/read."""
+    return {"record_id": ref.record_id, "path": ref.path, "reason": reason, "stage": stage}
+
+
+@dataclasses.dataclass(frozen=True)
+class Converted:
+    """One record's result: its examples, whether it was padded to a window, or why it was skipped."""
+
+    examples: list[bytes]
+    padded: bool
+    skipped: dict[str, str] | None
+
+
+def convert_record(source, ref: RecordRef, classes: tuple[str, ...], plan: WindowPlan) -> Converted:
+    """Loads and transforms one record; a record that fails is reported and skipped, never stops the run."""
+    try:
+        record = source.load(ref)
+        serialized = record_examples(record, classes, plan)
+    except Exception as error:  # one bad record must not stop the run
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+        logging.warning("skipping %s: %s", ref.path or ref.record_id, reason)
+        return Converted([], False, skip_entry(ref, reason, "read"))
+    padded = bool(serialized) and len(record.signal) * plan.sample_rate_hz < plan.window_samples * record.sample_rate_hz
+    return Converted(serialized, padded, None)

@@ -16,13 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from ecg_tfx.core import storage
+from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
 from ecg_tfx.data.input_pipeline import make_dataset
 from ecg_tfx.evaluation import plots
 from ecg_tfx.evaluation.metrics import THRESHOLD, aggregate_by_record, compute_metrics
 
-SPLITS = ("train", "validation", "test")
-CHECKPOINTS = {"final": "model.keras", "best": "best.keras"}
 SAMPLE_TRACES = 6
 
 @dataclasses.dataclass
@@ -33,16 +32,6 @@ class Predictions:
     probabilities: np.ndarray  # [windows, classes]
     targets: np.ndarray  # [windows, classes] one-/multi-hot
     traces: dict[int, np.ndarray]  # window index -> [time] of the plotted lead, in plotting order
-
-
-def check_compatible(spec: ModelSpec, manifest: dict) -> None:
-    """Raises ValueError unless the data has the model's labels, leads, rate and window length."""
-    expected = {"labels": list(spec.labels), "leads": list(spec.leads), "sample_rate_hz": spec.sample_rate_hz,
-                "window_samples": spec.window_samples}
-    wrong = {key: (value, manifest[key]) for key, value in expected.items() if manifest[key] != value}
-    if wrong:
-        raise ValueError("the data does not match the model: " + "; ".join(
-            f"{key}: model {model!r}, data {data!r}" for key, (model, data) in wrong.items()))
 
 
 def plot_lead(spec: ModelSpec) -> int:
@@ -75,10 +64,9 @@ class _SampleKeeper:
         return {index: self.traces[index] for index in order[:SAMPLE_TRACES]}
 
 
-def predict(model, spec: ModelSpec, data_dir: str, manifest: dict, split: str, batch_size: int) -> Predictions:
+def predict(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: str, batch_size: int) -> Predictions:
     """Runs the model over every window of `split`, keeping a few traces for the figure (not the whole split)."""
-    if split not in manifest["splits"]:
-        raise ValueError(f"{data_dir} has no split {split!r}; it has {sorted(manifest['splits'])}")
+    manifest.split(split)  # ValueError naming the splits there are
     dataset = make_dataset(data_dir, manifest, split, spec, batch_size, training=False, cache="",
                            with_record_ids=True)
     probabilities_of = tf.function(lambda windows: window_probabilities(model, windows, spec), reduce_retracing=True)
@@ -99,10 +87,10 @@ def predict(model, spec: ModelSpec, data_dir: str, manifest: dict, split: str, b
     return Predictions(record_ids, np.concatenate(probabilities), np.concatenate(targets), samples.chosen())
 
 
-def evaluate(model, spec: ModelSpec, data_dir: str, manifest: dict, split: str, out_dir: str,
+def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: str, out_dir: str,
              batch_size: int = 64) -> dict:
     """Scores `split` per window and per record, writes all outputs into `out_dir`, returns metrics.json's dict."""
-    check_compatible(spec, manifest)
+    manifest.check_compatible(spec)
     predictions = predict(model, spec, data_dir, manifest, split, batch_size)
     records, record_probabilities, record_targets = aggregate_by_record(
         predictions.record_ids, predictions.probabilities, predictions.targets)
@@ -199,12 +187,3 @@ def summary(result: dict, out_dir: str) -> str:
         lines.append(f"  {level:6s} " + "  ".join(
             f"{key}={'n/a' if value is None else f'{value:.3f}'}" for key, value in values.items()))
     return "\n".join(lines)
-
-
-def default_out_dir(run_dir: str, split: str, checkpoint: str) -> str:
-    """Where train.py puts its evaluation of model.keras: test in the run folder, other splits in <split>/.
-
-    best.keras gets the same layout under best/, so it never overwrites the final model's results.
-    """
-    base = run_dir if checkpoint == "final" else storage.join(run_dir, "best")
-    return base if split == "test" else storage.join(base, split)

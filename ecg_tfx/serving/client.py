@@ -22,17 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ecg_tfx.serving.errors import ServingError
+
 DEFAULT_REST_URL = "http://127.0.0.1:8501"
 DEFAULT_GRPC_TARGET = "127.0.0.1:8500"
-
-
-class ServingError(Exception):
-    """A failed request: `status` is the HTTP status (REST) or the gRPC status code name."""
-
-    def __init__(self, status: int | str, message: str):
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
 
 
 def _float32_json(values: Any) -> list:

@@ -14,11 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from ecg_tfx.core.model_spec import ModelSpec
-from ecg_tfx.core.records import STANDARD12, RecordRef, canonical_lead
+from ecg_tfx.core.records import STANDARD12, RecordError, RecordRef, canonical_lead
 from ecg_tfx.data import transform
-from ecg_tfx.data.sources import RecordError
-from ecg_tfx.data.sources.ptb import available_channels, read_header, read_wfdb_record
-from ecg_tfx.serving import saved_model as export_lib
+from ecg_tfx.data.wfdb_io import available_channels, read_header, read_wfdb_record
+from ecg_tfx.serving.tflite import TFLiteRunner
+from ecg_tfx.serving.versions import list_versions
 
 TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
 
@@ -136,7 +136,7 @@ class TFLitePredictor:
     def __init__(self, path: str):
         self.spec = ModelSpec.load(os.path.dirname(path))
         with open(path, "rb") as f:
-            self.runner = export_lib.TFLiteRunner(f.read())
+            self.runner = TFLiteRunner(f.read())
         self.labels, self.leads = self.spec.labels, self.spec.leads
 
     def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> np.ndarray:
@@ -152,10 +152,10 @@ def load_predictor(path: str) -> SavedModelPredictor | TFLitePredictor:
     if path.endswith(".tflite"):
         return TFLitePredictor(path)
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-        versions = [int(n) for n in os.listdir(path) if n.isdigit()] if os.path.isdir(path) else []
+        versions = list_versions(path)
         if not versions:
             raise InputError(f"{path} is neither a SavedModel, a folder of numbered versions nor a .tflite file")
-        path = os.path.join(path, str(max(versions)))
+        path = os.path.join(path, str(versions[-1]))
     return SavedModelPredictor(path)
 
 

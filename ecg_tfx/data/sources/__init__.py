@@ -12,12 +12,3 @@ from __future__ import annotations
 
 class SourceError(ValueError):
     """The source as a whole cannot be read (missing or empty folder, missing index file)."""
-
-
-class RecordError(ValueError):
-    """One record cannot be read; carries its path and the reason."""
-
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason

@@ -1,161 +1,23 @@
-"""The PTB Diagnostic ECG Database source, and the WFDB reading shared with PTB-XL.
+"""The PTB Diagnostic ECG Database source.
 
 PhysioNet layout: `RECORDS` lists `patientNNN/<record>` paths; each record is a header `.hea` plus data files
 (`.dat` with the 12 standard leads, optionally `.xyz` with the 3 Frank leads). The diagnosis is the header comment
-`Reason for admission: ...`. Every read goes through the `wfdb` package; this module only adds the checks that turn
-wfdb's opaque failures (a truncated file raises "cannot reshape array ...") into a RecordError with a clear reason.
+`Reason for admission: ...`. Records are read with `wfdb_io`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Sequence
 
-import numpy as np
-import wfdb
+from ecg_tfx.core.records import Record, RecordError, RecordRef, canonical_lead
+from ecg_tfx.data.sources import SourceError
+from ecg_tfx.data.wfdb_io import available_channels, read_header, read_wfdb_record
 
-from ecg_tfx.core.records import Record, RecordRef, canonical_lead
-from ecg_tfx.data.sources import RecordError, SourceError
-
-# Bytes per stored sample of WFDB's uncompressed formats (212 packs 2 samples in 3 bytes, 310/311 3 in 4).
-_BYTES_PER_SAMPLE = {
-    "8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
-    "212": 1.5, "310": 4 / 3, "311": 4 / 3,
-}
-# Physical units we accept, as the factor that converts them to millivolts.
-_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
 _REASON = re.compile(r"^\s*reason for admission\s*:(.*)$", re.IGNORECASE | re.DOTALL)
 # Data files a PTB record may lack: the Frank leads (.xyz) are absent from some copies of the database.
 _PTB_OPTIONAL_SUFFIXES = (".xyz",)
-
-
-def read_header(path: str) -> wfdb.Record:
-    """Reads a single-segment WFDB header (no samples), raising RecordError if it is missing or garbled."""
-    try:
-        header = wfdb.rdheader(path)
-    except FileNotFoundError:
-        raise RecordError(path, f"header file {path}.hea is missing") from None
-    except (ValueError, UnicodeDecodeError, IndexError, TypeError) as err:  # wfdb's HeaderSyntaxError is a ValueError
-        raise RecordError(path, f"unreadable header {path}.hea: {err}") from None
-    if not isinstance(header, wfdb.Record):
-        raise RecordError(path, "multi-segment WFDB records are not supported")
-    if not header.n_sig or not header.fs or not header.sig_len:
-        raise RecordError(path, f"header declares no samples (signals={header.n_sig}, fs={header.fs}, "
-                                f"length={header.sig_len})")
-    described = len(header.file_name or [])
-    if described != header.n_sig:
-        raise RecordError(path, f"header declares {header.n_sig} signals but describes {described}")
-    return header
-
-
-def available_channels(header: wfdb.Record, path: str, optional_suffixes: Sequence[str] = ()) -> list[int]:
-    """Indices of the signals whose data file exists.
-
-    A missing data file with one of `optional_suffixes` just drops its signals; any other missing file is an error.
-    """
-    folder = os.path.dirname(path)
-    channels = []
-    for index, file_name in enumerate(header.file_name):
-        if os.path.isfile(os.path.join(folder, file_name)):
-            channels.append(index)
-        elif not file_name.endswith(tuple(optional_suffixes)):
-            raise RecordError(path, f"data file {os.path.join(folder, file_name)} is missing")
-    if not channels:
-        raise RecordError(path, "none of the header's data files exists")
-    return channels
-
-
-def _check_file_sizes(header: wfdb.Record, path: str, channels: Sequence[int]) -> None:
-    """Raises RecordError if a data file holds fewer bytes than the header's sig_len needs."""
-    folder = os.path.dirname(path)
-    for file_name in sorted({header.file_name[i] for i in channels}):
-        in_file = [i for i, name in enumerate(header.file_name) if name == file_name]
-        fmt = header.fmt[in_file[0]]
-        if fmt not in _BYTES_PER_SAMPLE:
-            continue  # compressed (FLAC) formats: the sample count check after reading still applies
-        samples_per_frame = sum((header.samps_per_frame or [1] * header.n_sig)[i] for i in in_file)
-        offset = (header.byte_offset or [None] * header.n_sig)[in_file[0]] or 0
-        needed = offset + math.ceil(header.sig_len * samples_per_frame * _BYTES_PER_SAMPLE[fmt])
-        file_path = os.path.join(folder, file_name)
-        size = os.path.getsize(file_path)
-        if size < needed:
-            frames = max(size - offset, 0) / (samples_per_frame * _BYTES_PER_SAMPLE[fmt])
-            raise RecordError(path, f"data file {file_path} is truncated: {size} bytes hold {int(frames)} of the "
-                                    f"{header.sig_len} samples the header declares ({needed} bytes needed)")
-
-
-def _mv_factors(header: wfdb.Record, path: str, channels: Sequence[int]) -> np.ndarray:
-    """Per-channel factors converting the header's physical units to millivolts."""
-    factors = []
-    for i in channels:
-        unit = (header.units[i] if header.units else None) or "mV"
-        if unit.lower() not in _TO_MV:
-            raise RecordError(path, f"signal {header.sig_name[i]!r} has unsupported units {unit!r}")
-        factors.append(_TO_MV[unit.lower()])
-    return np.asarray(factors, dtype=np.float64)
-
-
-def _read_signal(header: wfdb.Record, path: str, channels: Sequence[int]) -> np.ndarray:
-    """Reads the physical samples of `channels` with wfdb, after checking that the data files can hold them."""
-    _check_file_sizes(header, path, channels)
-    try:
-        record = wfdb.rdrecord(path, channels=list(channels))
-    except (ValueError, OSError) as err:
-        raise RecordError(path, f"wfdb could not read the samples: {err}") from None
-    signal = record.p_signal
-    if signal is None or signal.shape != (header.sig_len, len(channels)):
-        shape = None if signal is None else signal.shape
-        raise RecordError(path, f"read samples of shape {shape}, header declares ({header.sig_len}, {len(channels)})")
-    return signal
-
-
-def _in_mv(signal: np.ndarray, header: wfdb.Record, path: str, channels: Sequence[int]) -> np.ndarray:
-    """Checks the samples are finite and converts them to float32 mV, [time, leads]."""
-    bad = ~np.isfinite(signal)
-    if bad.any():
-        time, lead = np.argwhere(bad)[0]
-        raise RecordError(path, f"{int(bad.sum())} NaN/inf samples (invalid sample values), first at sample "
-                                f"{time} of lead {header.sig_name[channels[lead]]!r}")
-    return (signal * _mv_factors(header, path, channels)).astype(np.float32)
-
-
-def _read_whole(ref: RecordRef) -> tuple[wfdb.Record, np.ndarray] | None:
-    """One `wfdb.rdrecord` of every signal (one header parse): the common case of an intact record.
-
-    None when anything is off (a missing or truncated file, other leads than listed ...): the caller then
-    re-reads step by step to keep the optional leads or to say exactly what is broken.
-    """
-    try:
-        record = wfdb.rdrecord(ref.path)
-    except Exception:  # any failure is diagnosed by the step-by-step read
-        return None
-    signal = record.p_signal if isinstance(record, wfdb.Record) else None
-    if (signal is None or not record.sig_len or not record.fs or signal.shape != (record.sig_len, record.n_sig)
-            or tuple(canonical_lead(name) for name in record.sig_name) != ref.leads):
-        return None
-    return record, signal
-
-
-def read_wfdb_record(ref: RecordRef, optional_suffixes: Sequence[str] = ()) -> Record:
-    """Loads `ref.path` with wfdb: the leads whose data files exist, in mV; RecordError on any broken part.
-
-    The header's canonical lead names must equal `ref.leads`, since shard planning trusted the listing.
-    """
-    whole = _read_whole(ref)
-    if whole:
-        header, signal = whole
-        channels = list(range(header.n_sig))
-    else:
-        header = read_header(ref.path)
-        channels = available_channels(header, ref.path, optional_suffixes)
-        leads = tuple(canonical_lead(header.sig_name[i]) for i in channels)
-        if leads != ref.leads:
-            raise RecordError(ref.path, f"header leads {leads} differ from the listed leads {ref.leads}")
-        signal = _read_signal(header, ref.path, channels)
-    return Record(ref=ref, signal=_in_mv(signal, header, ref.path, channels), leads=ref.leads,
-                  sample_rate_hz=float(header.fs))
 
 
 def reason_for_admission(comments: Sequence[str]) -> str | None:

@@ -10,9 +10,9 @@ import ast
 import csv
 import os
 
-from ecg_tfx.core.records import STANDARD12, Record, RecordRef
-from ecg_tfx.data.sources import RecordError, SourceError
-from ecg_tfx.data.sources.ptb import read_wfdb_record
+from ecg_tfx.core.records import STANDARD12, Record, RecordError, RecordRef
+from ecg_tfx.data.sources import SourceError
+from ecg_tfx.data.wfdb_io import read_wfdb_record
 
 DATABASE_CSV = "ptbxl_database.csv"
 STATEMENTS_CSV = "scp_statements.csv"

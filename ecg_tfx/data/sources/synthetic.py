@@ -21,8 +21,7 @@ import numpy as np
 from scipy import signal as sps
 
 from ecg_tfx.core.labels import SYNTHETIC_CLASSES
-from ecg_tfx.core.records import STANDARD12, Record, RecordRef
-from ecg_tfx.data.sources import RecordError
+from ecg_tfx.core.records import STANDARD12, Record, RecordError, RecordRef
 
 # Dower (1980) lead vectors: the voltage of leads I, II, V1..V6 for a unit dipole along Frank X, Y, Z.
 _DOWER = np.array(

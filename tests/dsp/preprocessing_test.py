@@ -12,7 +12,7 @@ from graph_ops import stock_op_types
 
 from ecg_tfx.dsp.preprocessing import PreprocessConfig, fir_taps, preprocess
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 RATE = 500
 
 

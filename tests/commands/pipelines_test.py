@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 FLAGFILES = sorted((REPO / "pipelines").glob("*.flags"))
 # Parses in a fresh process: the CLI module defines its flags on import, and tests never import CLIs.
 PARSE = """

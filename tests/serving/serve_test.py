@@ -19,8 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ecg_tfx.serving import saved_model as export_lib
-from ecg_tfx.serving.rest import api as rest_api
+from ecg_tfx.serving.errors import ServingError
+from ecg_tfx.serving.rest.http import Server
+from ecg_tfx.serving.rest.json_tensors import tensor_from_json
+from ecg_tfx.serving.rest.servables import Model, parse_version_labels
+from ecg_tfx.serving.saved_model import set_method_name
 
 LEADS = 12
 LABELS = ("normal", "mi", "other")
@@ -68,7 +71,7 @@ def save_toy_model(path: pathlib.Path, scale: float) -> None:
         "serving_default": module.serve_ecg.get_concrete_function(),
         "serve_examples": module.serve_examples.get_concrete_function(),
         "classify": module.classify.get_concrete_function()})
-    export_lib.set_method_name(str(path), "classify", export_lib.CLASSIFY_METHOD)
+    set_method_name(str(path), "classify", tf.saved_model.CLASSIFY_METHOD_NAME)
 
 
 def expected_probabilities(ecg: np.ndarray, version: int) -> np.ndarray:
@@ -98,12 +101,12 @@ def toy_base(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def server(toy_base):
-    model = rest_api.Model.load("ecg", str(toy_base), {"stable": 1, "canary": 2})
-    with rest_api.Server({"ecg": model}, max_request_bytes=MAX_REQUEST_BYTES) as running:
+    model = Model.load("ecg", str(toy_base), {"stable": 1, "canary": 2})
+    with Server({"ecg": model}, max_request_bytes=MAX_REQUEST_BYTES) as running:
         yield running
 
 
-def call(server: rest_api.Server, method: str, path: str, body: bytes | str | dict | None = None) -> tuple[int, dict]:
+def call(server: Server, method: str, path: str, body: bytes | str | dict | None = None) -> tuple[int, dict]:
     """One raw HTTP request; returns the status and the parsed JSON body (every answer must be JSON)."""
     if isinstance(body, dict):
         body = json.dumps(body)
@@ -122,7 +125,7 @@ def columnar(ecg: np.ndarray, rate: float = 500.0) -> dict:
     return {"inputs": {"ecg": ecg.tolist(), "sample_rate": [rate] * len(ecg)}}
 
 
-def assert_still_serving(server: rest_api.Server) -> None:
+def assert_still_serving(server: Server) -> None:
     ecg = ecg_batch(1, seed=9)
     status, body = call(server, "POST", "/v1/models/ecg:predict", columnar(ecg))
     assert status == 200, body
@@ -318,16 +321,16 @@ def test_parallel_clients_each_get_their_own_answer(server):
 
 def test_labels_must_point_at_loaded_versions(toy_base):
     with pytest.raises(ValueError, match="'beta' points at version 7, which is not loaded"):
-        rest_api.Model.load("ecg", str(toy_base), {"beta": 7})
-    assert rest_api.parse_version_labels("stable:1, canary:2") == {"stable": 1, "canary": 2}
+        Model.load("ecg", str(toy_base), {"beta": 7})
+    assert parse_version_labels("stable:1, canary:2") == {"stable": 1, "canary": 2}
     with pytest.raises(ValueError, match="expected label:version"):
-        rest_api.parse_version_labels("stable=1")
+        parse_version_labels("stable=1")
 
 
 def test_cli_serves_in_a_subprocess_until_terminated(toy_base):
     process = subprocess.Popen([sys.executable, "-m", "ecg_tfx.serve", f"--model_base_path={toy_base}", "--port=0",
                                 "--version_labels=stable:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=pathlib.Path(__file__).resolve().parents[1])
+                               text=True, cwd=pathlib.Path(__file__).resolve().parents[2])
     try:
         line = process.stdout.readline()
         assert "serving model ecg versions [1, 2] labels {'stable': 1} at http://127.0.0.1:" in line, \
@@ -354,9 +357,9 @@ def test_json_tensors_of_plain_numbers_equal_the_exact_per_value_path():
     rng = np.random.default_rng(0)
     value = rng.normal(size=(2, 500, 12)).tolist()
     value[0][0][0] = 3  # ints mixed with floats, as JSON encoders write them
-    fast = rest_api.tensor_from_json(value, types_pb2.DT_FLOAT)
+    fast = tensor_from_json(value, types_pb2.DT_FLOAT)
     assert fast.dtype == np.float32 and fast.shape == (2, 500, 12)
     np.testing.assert_array_equal(fast, np.array(value, np.float32))
     for bad in ([[True, 1.0]], [["1.5", 2.0]], [[1.0], [1.0, 2.0]], [[2 ** 25 + 1, 1.0]]):
-        with pytest.raises(rest_api.ServingError):
-            rest_api.tensor_from_json(bad, types_pb2.DT_FLOAT)
+        with pytest.raises(ServingError):
+            tensor_from_json(bad, types_pb2.DT_FLOAT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import shutil
 import subprocess
@@ -14,13 +13,14 @@ import pytest
 import tensorflow as tf
 
 from ecg_tfx.core import storage
-from ecg_tfx.data import conversion, splits
+from ecg_tfx.core.manifest import SPLITS, Manifest
+from ecg_tfx.data import conversion
 from ecg_tfx.data.conversion import ConversionConfig
 
 pytest.importorskip("apache_beam", reason="apache-beam is not installed (pip install 'apache-beam[tfrecord]==2.77.0')")
 from ecg_tfx.data import beam_conversion  # noqa: E402  (needs apache_beam)
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # Two workers in threads: the parallel path, without starting worker processes that each import TensorFlow.
 BEAM_ARGS = ["--runner=FnApiRunner", "--direct_num_workers=2", "--direct_running_mode=multi_threading"]
 SMALL = ConversionConfig(synthetic_patients=10, synthetic_records_per_patient=2, synthetic_duration_s=25.0,
@@ -36,24 +36,24 @@ def examples(paths: list[pathlib.Path]) -> Counter[bytes]:
     return found
 
 
-def without_shard_contents(manifest: dict) -> dict:
+def without_shard_contents(manifest: Manifest) -> dict:
     """The manifest with only shard file names: which example lands in which shard is up to Beam."""
-    manifest = json.loads(json.dumps(manifest))
-    for info in manifest["splits"].values():
+    value = manifest.to_json()
+    for info in value["splits"].values():
         info["shards"] = [shard["file"] for shard in info["shards"]]
-    return manifest
+    return value
 
 
-def assert_same_conversion(local_dir: pathlib.Path, local: dict, beam_dir: pathlib.Path, beam: dict) -> None:
+def assert_same_conversion(local_dir: pathlib.Path, local: Manifest, beam_dir: pathlib.Path, beam: Manifest) -> None:
     assert without_shard_contents(beam) == without_shard_contents(local)
-    for split in splits.SPLITS:
+    for split in SPLITS:
         found = examples(sorted(beam_dir.glob(f"{split}-*")))
         assert found == examples(sorted(local_dir.glob(f"{split}-*")))
-        assert sum(found.values()) == beam["splits"][split]["examples"]
-        for shard in beam["splits"][split]["shards"]:
-            path = beam_dir / shard["file"]
-            assert shard["sha256"] == storage.sha256(str(path))
-            assert shard["examples"] == sum(examples([path]).values())
+        assert sum(found.values()) == beam.splits[split].examples
+        for shard in beam.splits[split].shards:
+            path = beam_dir / shard.file
+            assert shard.sha256 == storage.sha256(str(path))
+            assert shard.examples == sum(examples([path]).values())
     assert sorted(p.name for p in beam_dir.iterdir()) == sorted(p.name for p in local_dir.iterdir())
 
 
@@ -68,8 +68,8 @@ def test_synthetic_cli_matches_local(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wrote" in done.stdout
-    beam = storage.read_json(str(tmp_path / "beam" / "manifest.json"))
-    assert len(local["splits"]["train"]["shards"]) > 1  # several shards, so sharding is exercised
+    beam = Manifest.load(str(tmp_path / "beam"))
+    assert len(local.splits["train"].shards) > 1  # several shards, so sharding is exercised
     assert_same_conversion(tmp_path / "local", local, tmp_path / "beam", beam)
 
 
@@ -84,7 +84,7 @@ def test_ptb_subset_matches_local(ptb_dir, tmp_path):
     config = ConversionConfig(source="ptb", input_dir=str(ptb_dir), shard_size_mb=20.0)
     local = conversion.run(config, str(tmp_path / "local"), num_workers=1)
     beam = beam_conversion.run(config, str(tmp_path / "beam"), BEAM_ARGS)
-    assert beam["splits"]["train"]["records"] > 10
+    assert beam.splits["train"].records > 10
     assert_same_conversion(tmp_path / "local", local, tmp_path / "beam", beam)
 
 
@@ -111,8 +111,8 @@ def test_broken_records_are_skipped_as_locally(ptb_dir, tmp_path):
                               split="0.5,0.25,0.25", shard_size_mb=20.0)
     local = conversion.run(config, str(tmp_path / "local"))
     beam = beam_conversion.run(config, str(tmp_path / "beam"), BEAM_ARGS)
-    failed = [entry for entry in beam["skipped"] if entry["stage"] == "read"]
+    failed = [entry for entry in beam.skipped if entry["stage"] == "read"]
     assert sorted(entry["path"] for entry in failed) == sorted(str(tmp_path / "db" / record) for record in broken)
     assert [entry["record_id"] for entry in failed if "truncated" in entry["reason"]] == [broken[0]]
-    assert sum(info["records"] for info in beam["splits"].values()) == 6
+    assert sum(info.records for info in beam.splits.values()) == 6
     assert_same_conversion(tmp_path / "local", local, tmp_path / "beam", beam)

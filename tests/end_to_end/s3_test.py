@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 BUCKET = "ecg-tfx-test"
 CONVERT_ARGS = ["--synthetic_patients=12", "--synthetic_records_per_patient=2", "--synthetic_duration_s=10",
                 "--sample_rate=100", "--shard_size_mb=0.05", "--num_workers=1"]

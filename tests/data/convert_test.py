@@ -52,21 +52,21 @@ def test_ptb_mi_vs_healthy_counts_and_disjoint_patients(ptb_dir, tmp_path):
     expected = Counter(r for r in reasons.values() if r in ("Myocardial infarction", "Healthy control"))
     converted = Counter()
     patients = {}
-    for split, info in manifest["splits"].items():
-        converted.update(info["class_records"])
+    for split, info in manifest.splits.items():
+        converted.update(info.class_records)
         examples = read_split(tmp_path, split)
-        assert len(examples) == info["examples"]
-        assert Counter(e["label_names"][0] for e in examples) == Counter(info["class_examples"])
+        assert len(examples) == info.examples
+        assert Counter(e["label_names"][0] for e in examples) == Counter(info.class_examples)
         for e in examples:
             assert e["label_names"] == [reasons[e["record_id"]]]
-            assert manifest["labels"][e["label_ids"][0]] == e["label_names"][0]
+            assert manifest.labels[e["label_ids"][0]] == e["label_names"][0]
         patients[split] = {e["patient_id"] for e in examples}
-        assert patients[split] == set(info["patient_ids"])
+        assert patients[split] == set(info.patient_ids)
     assert converted == expected
     assert not patients["train"] & patients["validation"] and not patients["train"] & patients["test"]
     assert not patients["validation"] & patients["test"]
-    assert manifest["labels"] == ["Healthy control", "Myocardial infarction"]
-    label_skips = [s for s in manifest["skipped"] if s["stage"] == "label"]
+    assert manifest.labels == ("Healthy control", "Myocardial infarction")
+    label_skips = [s for s in manifest.skipped if s["stage"] == "label"]
     assert len(label_skips) == len(reasons) - sum(expected.values())
     assert all(s["path"] and "not in preset mi_vs_healthy" in s["reason"] for s in label_skips)
     # a 115.2 s record at 500 Hz gives 11 whole 10-s windows
@@ -79,12 +79,12 @@ def test_ptb_diagnoses_folds_out_rare_classes(ptb_dir, tmp_path):
                               split="0.6,0.2,0.2")
     manifest = conversion.run(config, str(tmp_path))
     counts = Counter(r for r in header_reasons(ptb_dir).values() if r != "n/a")
-    assert manifest["labels"] == sorted(name for name, n in counts.items() if n >= 3)
+    assert list(manifest.labels) == sorted(name for name, n in counts.items() if n >= 3)
     records = Counter()
-    for info in manifest["splits"].values():
-        records.update(info["class_records"])
+    for info in manifest.splits.values():
+        records.update(info.class_records)
     assert records == Counter({name: n for name, n in counts.items() if n >= 3})
-    reasons = [s["reason"] for s in manifest["skipped"]]
+    reasons = [s["reason"] for s in manifest.skipped]
     assert sum("fewer than 3 records" in r for r in reasons) == sum(n for n in counts.values() if n < 3)
     assert sum("(n/a) not in preset" in r for r in reasons) == 1
 
@@ -100,14 +100,14 @@ def test_ptbxl_superclasses_and_folds(ptbxl_dir, tmp_path):
         expected.update(classes)
         folds[f"{int(row['ecg_id']):05d}"] = int(row["strat_fold"])
     counted = Counter()
-    for split, info in manifest["splits"].items():
-        counted.update(info["class_records"])
+    for split, info in manifest.splits.items():
+        counted.update(info.class_records)
         for e in read_split(tmp_path, split):
             fold = folds[e["record_id"]]
             assert split == ("train" if fold <= 8 else "validation" if fold == 9 else "test")
             assert e["signal"].shape == (1000, 12)
     assert counted == expected
-    assert manifest["multi_label"] and manifest["labels"] == ["NORM", "MI", "STTC", "CD", "HYP"]
+    assert manifest.multi_label and manifest.labels == ("NORM", "MI", "STTC", "CD", "HYP")
 
 
 def test_round_trip_equals_wfdb_resampled(ptb_dir, tmp_path):
@@ -134,7 +134,7 @@ def test_deterministic_across_runs_and_workers(tmp_path):
     first = conversion.run(config, str(tmp_path / "a"), num_workers=1)
     conversion.run(config, str(tmp_path / "b"), num_workers=1)
     conversion.run(config, str(tmp_path / "c"), num_workers=2)
-    assert len(first["splits"]["train"]["shards"]) > 2
+    assert len(first.splits["train"].shards) > 2
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b") == tree_bytes(tmp_path / "c")
 
 
@@ -146,8 +146,8 @@ def dataclasses_replace(config: ConversionConfig, **changes) -> ConversionConfig
 
 def test_gzip_shards_read_back(tmp_path):
     manifest = conversion.run(dataclasses_replace(SMALL_SYNTHETIC, compression="GZIP"), str(tmp_path))
-    assert all(s["file"].endswith(".tfrecord.gz") for s in manifest["splits"]["train"]["shards"])
-    assert len(read_split(tmp_path, "train")) == manifest["splits"]["train"]["examples"] > 0
+    assert all(s.file.endswith(".tfrecord.gz") for s in manifest.splits["train"].shards)
+    assert len(read_split(tmp_path, "train")) == manifest.splits["train"].examples > 0
 
 
 def corrupt_copy(ptb_dir: pathlib.Path, root: pathlib.Path) -> dict[str, str]:
@@ -174,13 +174,13 @@ def test_broken_records_are_reported_and_the_rest_converted(ptb_dir, tmp_path):
     config = ConversionConfig(source="ptb", input_dir=str(tmp_path / "db"), labels="diagnoses",
                               split="0.5,0.25,0.25", max_failure_fraction=0.5)
     manifest = conversion.run(config, str(tmp_path / "out"))
-    failures = {s["path"]: s["reason"] for s in manifest["skipped"] if s["stage"] == "read"}
+    failures = {s["path"]: s["reason"] for s in manifest.skipped if s["stage"] == "read"}
     assert len(failures) == 4
     for record, kind in broken.items():
         reason = next(r for p, r in failures.items() if p.endswith(record))
         assert reason and {"truncated": "truncated", "missing": ".dat", "header": "", "nan": "NaN"}[kind] in reason
-    converted = sum(info["records"] for info in manifest["splits"].values())
-    label_skipped = sum(1 for s in manifest["skipped"] if s["stage"] == "label")
+    converted = sum(info.records for info in manifest.splits.values())
+    label_skipped = sum(1 for s in manifest.skipped if s["stage"] == "label")
     assert converted == 6 and label_skipped == 0
 
 
@@ -222,7 +222,7 @@ def test_other_flags_never_overwrite_without_permission(tmp_path):
         conversion.run(dataclasses_replace(SMALL_SYNTHETIC, sample_rate=250), str(tmp_path))
     assert tree_bytes(tmp_path) == before
     manifest = conversion.run(dataclasses_replace(SMALL_SYNTHETIC, sample_rate=250), str(tmp_path), overwrite=True)
-    assert manifest["sample_rate_hz"] == 250 and tree_bytes(tmp_path) != before
+    assert manifest.sample_rate_hz == 250 and tree_bytes(tmp_path) != before
 
 
 def test_killed_run_resumes_to_identical_output(tmp_path):

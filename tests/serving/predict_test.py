@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -11,25 +10,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import wfdb
-from export_test import build_export
 
+from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.data import transform
 from ecg_tfx.serving import predictors
-from ecg_tfx.serving import saved_model as export_lib
+from ecg_tfx.serving.tflite import read_windows
 
 UPPER_LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
-    return build_export(tmp_path_factory.getbasetemp() / "export_fixture")
-
-
-@pytest.fixture(scope="session")
-def inputs(built, tmp_path_factory) -> dict[str, object]:
+def inputs(tiny_export, tmp_path_factory) -> dict[str, object]:
     """One 12 s test recording at 250 Hz written as WFDB (mV), CSV (uV, shuffled columns + an extra) and .npy (V)."""
     folder = tmp_path_factory.mktemp("predict_inputs")
-    windows, _ = export_lib.read_windows(str(built["data"]), "test", export_lib.ModelSpec.load(str(built["run"])), 2)
+    windows, _ = read_windows(str(tiny_export["data"]), "test", ModelSpec.load(str(tiny_export["run"])), 2)
     signal = transform.resample(np.concatenate(windows)[:6000], 500, 250).astype(np.float64)  # 12 s
     wfdb.wrsamp("rec", fs=250, units=["mV"] * 12, sig_name=UPPER_LEADS, p_signal=signal, fmt=["32"] * 12,
                 adc_gain=[100000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
@@ -47,13 +41,13 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_cli_json_on_wfdb_csv_and_npy_agrees_with_serving_default(built, inputs):
-    result = _run(f"--model={built['export_dir'] / 'ecg'}", "--sample_rate=250", "--units=uV", "--json",
+def test_cli_json_on_wfdb_csv_and_npy_agrees_with_serving_default(tiny_export, inputs):
+    result = _run(f"--model={tiny_export['export_dir'] / 'ecg'}", "--sample_rate=250", "--units=uV", "--json",
                   "--top_k=2", inputs["hea"], inputs["csv"])
     assert result.returncode == 0, result.stderr[-2000:]
     records = json.loads(result.stdout)
     assert [r["file"] for r in records] == [inputs["hea"], inputs["csv"]]
-    loaded = tf.saved_model.load(str(built["version"]))
+    loaded = tf.saved_model.load(str(tiny_export["version"]))
     expected = loaded.signatures["serving_default"](ecg=tf.constant(inputs["signal"][None], tf.float32),
                                                     sample_rate=tf.constant([250.0]))["probabilities"].numpy()[0]
     labels = [name.decode() for name in loaded.metadata()["class_names"].numpy()]
@@ -64,14 +58,14 @@ def test_cli_json_on_wfdb_csv_and_npy_agrees_with_serving_default(built, inputs)
         assert record["sample_rate_hz"] == 250 and record["duration_s"] == pytest.approx(12)
 
 
-def test_cli_text_output_and_npy_through_tflite(built, inputs):
-    tflite = built["version"] / "tflite" / "model_float32.tflite"
+def test_cli_text_output_and_npy_through_tflite(tiny_export, inputs):
+    tflite = tiny_export["version"] / "tflite" / "model_float32.tflite"
     leads = ",".join(UPPER_LEADS)
     text = _run(f"--model={tflite}", "--sample_rate=250", "--units=V", f"--leads={leads}", inputs["npy"])
     assert text.returncode == 0, text.stderr[-2000:]
     assert text.stdout.startswith(f"{inputs['npy']}: ") and "top 3: " in text.stdout
-    saved = predictors.diagnose(predictors.load_predictor(str(built["version"])), inputs["npy"], 5, sample_rate=250,
-                             leads=UPPER_LEADS, units="V")
+    saved = predictors.diagnose(predictors.load_predictor(str(tiny_export["version"])), inputs["npy"], 5,
+                                sample_rate=250, leads=UPPER_LEADS, units="V")
     lite = predictors.diagnose(predictors.TFLitePredictor(str(tflite)), inputs["npy"], 5, sample_rate=250,
                             leads=UPPER_LEADS, units="V")
     assert lite["diagnosis"] == saved["diagnosis"] and f"{saved['diagnosis']} (confidence" in text.stdout
@@ -79,8 +73,8 @@ def test_cli_text_output_and_npy_through_tflite(built, inputs):
         assert a["class"] == b["class"] and a["probability"] == pytest.approx(b["probability"], abs=1e-4)
 
 
-def test_cli_refuses_a_csv_without_rate_and_exits_non_zero(built, inputs):
-    result = _run(f"--model={built['version']}", "--units=mV", inputs["csv"])
+def test_cli_refuses_a_csv_without_rate_and_exits_non_zero(tiny_export, inputs):
+    result = _run(f"--model={tiny_export['version']}", "--units=mV", inputs["csv"])
     assert result.returncode == 1
     assert "does not say its sample rate; pass --sample_rate=Hz" in result.stderr
 

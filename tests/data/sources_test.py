@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import wfdb
 
-from ecg_tfx.core.records import STANDARD12, RecordRef
-from ecg_tfx.data.sources import RecordError, SourceError
+from ecg_tfx.core.records import STANDARD12, RecordError, RecordRef
+from ecg_tfx.data.sources import SourceError
 from ecg_tfx.data.sources.ptb import PTBSource
 from ecg_tfx.data.sources.ptbxl import PTBXLSource
 
-DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
 PTB_ROOT = DATA / "ptbdb"
 PTBXL_ROOT = DATA / "ptbxl"
 needs_ptb = pytest.mark.skipif(not (PTB_ROOT / "RECORDS").is_file(),

@@ -17,13 +17,14 @@ import tensorflow as tf
 from matplotlib import image
 
 from ecg_tfx.core import schema
+from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.data import conversion
 from ecg_tfx.data.conversion import ConversionConfig
-from ecg_tfx.dsp.preprocessing import PreprocessConfig, preprocess
-from ecg_tfx.evaluation import evaluate as evaluation
+from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.evaluation.evaluate import evaluate
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 RATE = 100
 WINDOW = 250  # 2.5 s windows: 4 per 10 s record
 INPUT, EVAL_STRIDE = 200, 25  # 3 model inputs per window, at offsets 0, 25, 50
@@ -32,7 +33,7 @@ OUTPUTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", 
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[str, dict]:
+def data(tmp_path_factory) -> tuple[str, Manifest]:
     out = tmp_path_factory.mktemp("tfrecords")
     manifest = conversion.run(ConversionConfig(
         synthetic_patients=12, synthetic_records_per_patient=2, synthetic_duration_s=10, window_seconds=2.5,
@@ -40,9 +41,8 @@ def data(tmp_path_factory) -> tuple[str, dict]:
     return str(out), manifest
 
 
-def make_spec(manifest: dict, multi_label: bool = False) -> ModelSpec:
-    return ModelSpec("tiny", tuple(manifest["labels"]), multi_label, tuple(manifest["leads"]), RATE, WINDOW, WINDOW,
-                     INPUT, EVAL_STRIDE, PreprocessConfig(sample_rate_hz=RATE))
+def make_spec(manifest: Manifest, multi_label: bool = False) -> ModelSpec:
+    return dataclasses.replace(manifest.model_spec("tiny", INPUT / RATE, EVAL_STRIDE / RATE), multi_label=multi_label)
 
 
 def tiny_model(spec: ModelSpec) -> keras.Model:
@@ -83,28 +83,28 @@ def test_evaluate_writes_consistent_metrics_and_figures(data, tmp_path):
     data_dir, manifest = data
     spec = make_spec(manifest)
     model = tiny_model(spec)
-    result = evaluation.evaluate(model, spec, data_dir, manifest, "test", str(tmp_path), batch_size=7)
+    result = evaluate(model, spec, data_dir, manifest, "test", str(tmp_path), batch_size=7)
 
     for name in OUTPUTS:
         assert (tmp_path / name).stat().st_size > 0, name
     for name in OUTPUTS[2:5]:
         assert_png(tmp_path / name)
-    split = manifest["splits"]["test"]
+    split = manifest.splits["test"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["split"] == "test"
-    assert (saved["examples"], saved["records"]) == (split["examples"], split["records"])
-    assert saved["window"]["examples"] == split["examples"] and saved["record"]["examples"] == split["records"]
-    assert {k: v for k, v in saved["record"]["class_counts"].items() if v} == split["class_records"]
-    assert {k: v for k, v in saved["window"]["class_counts"].items() if v} == split["class_examples"]
+    assert (saved["examples"], saved["records"]) == (split.examples, split.records)
+    assert saved["window"]["examples"] == split.examples and saved["record"]["examples"] == split.records
+    assert {k: v for k, v in saved["record"]["class_counts"].items() if v} == split.class_records
+    assert {k: v for k, v in saved["window"]["class_counts"].items() if v} == split.class_examples
     report = (tmp_path / "classification_report.txt").read_text()
     assert "Windows (n=" in report and "Records (n=" in report
 
     windows = read_csv(tmp_path / "predictions.csv")
     records = read_csv(tmp_path / "record_predictions.csv")
-    assert len(windows) == split["examples"] and len(records) == split["records"]
-    assert len(split["shards"]) == 1  # so the pipeline's window order is the shard's
-    expected = expected_window_probabilities(model, spec, str(pathlib.Path(data_dir) / split["shards"][0]["file"]))
+    assert len(windows) == split.examples and len(records) == split.records
+    assert len(split.shards) == 1  # so the pipeline's window order is the shard's
+    expected = expected_window_probabilities(model, spec, str(pathlib.Path(data_dir) / split.shards[0].file))
     np.testing.assert_allclose(probabilities(windows, spec.labels), expected, atol=1e-5)
 
     by_record = defaultdict(list)
@@ -120,9 +120,9 @@ def test_evaluate_writes_consistent_metrics_and_figures(data, tmp_path):
 def test_evaluate_multi_label(data, tmp_path):
     data_dir, manifest = data
     spec = make_spec(manifest, multi_label=True)
-    result = evaluation.evaluate(tiny_model(spec), spec, data_dir, manifest, "validation", str(tmp_path))
+    result = evaluate(tiny_model(spec), spec, data_dir, manifest, "validation", str(tmp_path))
 
-    assert result["records"] == manifest["splits"]["validation"]["records"]
+    assert result["records"] == manifest.splits["validation"].records
     assert set(result["record"]["confusion_matrices"]) == set(spec.labels)
     for name in ("confusion_matrix.png", "roc.png", "sample_predictions.png"):
         assert_png(tmp_path / name)
@@ -132,7 +132,7 @@ def test_evaluate_rejects_data_of_another_model(data, tmp_path):
     data_dir, manifest = data
     spec = dataclasses.replace(make_spec(manifest), labels=("normal", "other"))
     with pytest.raises(ValueError, match="labels: model"):
-        evaluation.evaluate(tiny_model(spec), spec, data_dir, manifest, "test", str(tmp_path))
+        evaluate(tiny_model(spec), spec, data_dir, manifest, "test", str(tmp_path))
     assert not list(tmp_path.iterdir())
 
 
@@ -151,9 +151,9 @@ def test_cli_evaluates_a_run_folder(data, tmp_path):
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 0, done.stderr[-3000:]
-    split = manifest["splits"]["validation"]
-    assert f"validation: {split['examples']} windows, {split['records']} records" in done.stdout
+    split = manifest.splits["validation"]
+    assert f"validation: {split.examples} windows, {split.records} records" in done.stdout
     out = tmp_path / "best" / "validation"
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
-    assert json.loads((out / "metrics.json").read_text())["records"] == split["records"]
+    assert json.loads((out / "metrics.json").read_text())["records"] == split.records
     assert_png(tmp_path / "training_history.png")

@@ -8,7 +8,7 @@ import pathlib
 import nbformat
 from nbclient import NotebookClient
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):

@@ -17,83 +17,53 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from ecg_tfx.core import schema
+from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
+from ecg_tfx.core.run_folder import RunFolder
 from ecg_tfx.data import conversion, input_pipeline, transform
 from ecg_tfx.data.sources.ptb import PTBSource
-from ecg_tfx.dsp.preprocessing import PreprocessConfig, preprocess
-from ecg_tfx.models import build_model
-from ecg_tfx.serving import saved_model as export_lib
+from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.serving.exporter import REPORT_FILE, export_run
+from ecg_tfx.serving.saved_model import SIGNATURES, WARMUP_FILE, warmup_signal
+from ecg_tfx.serving.tflite import MIN_AGREEMENT, TFLITE_DIR, TFLiteRunner, read_windows
+from ecg_tfx.serving.versions import next_version
 
 PYTHON = sys.executable
-_BUILT: dict[str, dict[str, pathlib.Path]] = {}
-
-
-def build_export(root: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Converts 40 synthetic records, trains a CNN for one epoch, exports it with TFLite (once per process).
-
-    Shared with predict_test through this module-level cache, so the work is done once per pytest session.
-    """
-    if str(root) in _BUILT:
-        return _BUILT[str(root)]
-    data_dir, run_dir, export_dir = root / "data", root / "run", root / "export"
-    config = conversion.ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2,
-                                         synthetic_duration_s=10)
-    manifest = conversion.run(config, str(data_dir))
-    spec = ModelSpec(model="cnn", labels=tuple(manifest["labels"]), multi_label=False, leads=tuple(manifest["leads"]),
-                     sample_rate_hz=500, window_samples=5000, stride_samples=5000, input_samples=2500,
-                     eval_stride_samples=1250, preprocessing=PreprocessConfig(sample_rate_hz=500))
-    keras.utils.set_random_seed(0)
-    model = build_model("cnn", len(spec.leads), len(spec.labels), False, spec.sample_rate_hz)
-    model.compile(optimizer="adam", loss="categorical_crossentropy")
-    model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 16, training=False), epochs=1,
-              verbose=0)
-    run_dir.mkdir()
-    model.save(run_dir / export_lib.MODEL_FILE)
-    spec.save(str(run_dir))
-    version_dir = export_lib.export_run(str(run_dir), str(export_dir), "ecg", tflite=True, data_dir=str(data_dir))
-    _BUILT[str(root)] = {"data": data_dir, "run": run_dir, "export_dir": export_dir,
-                         "version": pathlib.Path(version_dir)}
-    return _BUILT[str(root)]
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
-    return build_export(tmp_path_factory.getbasetemp() / "export_fixture")
+def loaded(tiny_export):
+    return tf.saved_model.load(str(tiny_export["version"]))
 
 
 @pytest.fixture(scope="session")
-def loaded(built):
-    return tf.saved_model.load(str(built["version"]))
+def spec(tiny_export) -> ModelSpec:
+    return ModelSpec.load(str(tiny_export["run"]))
 
 
 @pytest.fixture(scope="session")
-def spec(built) -> ModelSpec:
-    return ModelSpec.load(str(built["run"]))
+def keras_model(tiny_export) -> keras.Model:
+    return keras.saving.load_model(RunFolder(str(tiny_export["run"])).model, compile=False)
 
 
-@pytest.fixture(scope="session")
-def keras_model(built) -> keras.Model:
-    return keras.saving.load_model(built["run"] / export_lib.MODEL_FILE, compile=False)
+def _test_examples(tiny_export, spec: ModelSpec) -> np.ndarray:
+    return read_windows(str(tiny_export["data"]), "test", spec, 100)[1]
 
 
-def _test_examples(built, spec: ModelSpec) -> np.ndarray:
-    return export_lib.read_windows(str(built["data"]), "test", spec, 100)[1]
-
-
-def test_layout_assets_and_version_folder(built, spec):
-    version = built["version"]
-    assert version == built["export_dir"] / "ecg" / "1"
+def test_layout_assets_and_version_folder(tiny_export, spec):
+    version = tiny_export["version"]
+    assert version == tiny_export["export_dir"] / "ecg" / "1"
     assert (version / "assets" / "labels.txt").read_text().splitlines() == list(spec.labels)
     assert sorted(os.listdir(version.parent)) == ["1"]
-    report = json.loads((version / export_lib.REPORT_FILE).read_text())
+    report = json.loads((version / REPORT_FILE).read_text())
     for entry in report["tflite"].values():
         assert entry["size_bytes"] == (version / entry["file"]).stat().st_size > 0
-    assert ModelSpec.load(str(version / export_lib.TFLITE_DIR)) == spec
+    assert ModelSpec.load(str(version / TFLITE_DIR)) == spec
 
 
-def test_plain_tensorflow_loads_and_calls_every_signature(built, spec):
+def test_plain_tensorflow_loads_and_calls_every_signature(tiny_export, spec):
     """A separate interpreter where ecg_tfx cannot be imported: the export must need stock TF ops only."""
-    shard = input_pipeline.shard_files(str(built["data"]), input_pipeline.load_manifest(str(built["data"])), "test")[0]
+    shard = Manifest.load(str(tiny_export["data"])).shard_files(str(tiny_export["data"]), "test")[0]
     script = textwrap.dedent("""
         import importlib.abc, json, sys
 
@@ -123,7 +93,7 @@ def test_plain_tensorflow_loads_and_calls_every_signature(built, spec):
                                     np.vectorize(bytes.decode)(v.numpy()).tolist()]
                                 for k, v in outputs.items()} for sig, outputs in out.items()}))
     """)
-    result = subprocess.run([PYTHON, "-I", "-c", script, str(built["version"]), shard], cwd=built["data"],
+    result = subprocess.run([PYTHON, "-I", "-c", script, str(tiny_export["version"]), shard], cwd=tiny_export["data"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -145,14 +115,14 @@ def test_plain_tensorflow_loads_and_calls_every_signature(built, spec):
     assert ModelSpec.from_json(json.loads(meta["model_spec_json"][2])) == spec
 
 
-def test_saved_model_cli_lists_the_three_signatures(built):
+def test_saved_model_cli_lists_the_three_signatures(tiny_export):
     cli = pathlib.Path(PYTHON).parent / "saved_model_cli"
-    result = subprocess.run([str(cli), "show", "--all", "--dir", str(built["version"])], capture_output=True,
+    result = subprocess.run([str(cli), "show", "--all", "--dir", str(tiny_export["version"])], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
     sections = {name: text.split(f"signature_def['{name}']:")[1].split("signature_def[")[0]
-                for name in export_lib.SIGNATURES}
+                for name in SIGNATURES}
     default = sections["serving_default"]
     assert "dtype: DT_FLOAT\n        shape: (-1, -1, 12)\n        name: serving_default_ecg:0" in default
     assert "dtype: DT_FLOAT\n        shape: (-1)\n        name: serving_default_sample_rate:0" in default
@@ -170,16 +140,16 @@ def test_saved_model_cli_lists_the_three_signatures(built):
     assert "Method name is: tensorflow/serving/classify" in classify
 
 
-def test_raw_ptb_record_at_1000_hz_matches_the_converter_path(built, loaded, spec, keras_model, ptb_dir, tmp_path):
+def test_raw_ptb_record_at_1000_hz_matches_the_converter_path(loaded, spec, keras_model, ptb_dir, tmp_path):
     """No skew: serving_default on the raw 1000 Hz record == convert (500 Hz) -> TFRecord -> input pipeline."""
     config = conversion.ConversionConfig(source="ptb", input_dir=str(ptb_dir), sample_rate=500, max_records=2,
                                          split="0.5,0,0.5")
     manifest = conversion.run(config, str(tmp_path))
-    assert tuple(manifest["leads"]) == spec.leads and manifest["window_samples"] == spec.window_samples
+    assert tuple(manifest.leads) == spec.leads and manifest.window_samples == spec.window_samples
     record_id = "patient001/s0010_re"
     windows = []
-    for split, info in manifest["splits"].items():
-        if info["shards"]:
+    for split, info in manifest.splits.items():
+        if info.shards:
             dataset = input_pipeline.make_dataset(str(tmp_path), manifest, split, spec, 8, training=False,
                                                   with_record_ids=True)
             for batch in dataset:
@@ -194,8 +164,8 @@ def test_raw_ptb_record_at_1000_hz_matches_the_converter_path(built, loaded, spe
     np.testing.assert_allclose(served["probabilities"].numpy()[0], np.mean(windows, axis=0), atol=1e-4)
 
 
-def test_serve_examples_equals_the_keras_model_on_the_test_shards(built, loaded, spec, keras_model):
-    examples = _test_examples(built, spec)
+def test_serve_examples_equals_the_keras_model_on_the_test_shards(tiny_export, loaded, spec, keras_model):
+    examples = _test_examples(tiny_export, spec)
     served = loaded.signatures["serve_examples"](examples=tf.constant(examples))
     signal = schema.parse_examples(tf.constant(examples), spec.window_samples, len(spec.leads))["signal"]
     expected = window_probabilities(keras_model, preprocess(signal, spec.preprocessing), spec).numpy()
@@ -213,7 +183,7 @@ def test_one_request_with_two_sample_rates_is_refused(loaded):
 
 def test_short_recording_is_zero_padded_like_the_converter(loaded, spec):
     """A 4 s recording is one padded window: the same as sending that padded window as an example."""
-    signal = export_lib.warmup_signal(spec)[:2000]
+    signal = warmup_signal(spec)[:2000]
     padded = transform.windows(signal, transform.WindowPlan(spec.leads, 500, 5000, 5000, True, spec.labels))[0]
     example = schema.make_example(padded, spec.leads, 500, [], [], "r", "p", 0)
     short = loaded.signatures["serving_default"](ecg=tf.constant(signal[None]), sample_rate=tf.constant([500.0]))
@@ -221,8 +191,8 @@ def test_short_recording_is_zero_padded_like_the_converter(loaded, spec):
     np.testing.assert_allclose(short["probabilities"].numpy(), whole["probabilities"].numpy(), atol=1e-6)
 
 
-def test_warmup_requests_replay_against_their_signatures(built, loaded):
-    path = built["version"] / "assets.extra" / export_lib.WARMUP_FILE
+def test_warmup_requests_replay_against_their_signatures(tiny_export, loaded):
+    path = tiny_export["version"] / "assets.extra" / WARMUP_FILE
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
     assert [log.WhichOneof("log_type") for log in logs] == ["predict_log", "predict_log", "classify_log"]
     for log in logs[:2]:
@@ -236,8 +206,8 @@ def test_warmup_requests_replay_against_their_signatures(built, loaded):
     assert loaded.signatures[request.model_spec.signature_name](inputs=examples)["scores"].shape[0] == 1
 
 
-def test_tflite_models_agree_with_the_saved_model(built, spec):
-    report = json.loads((built["version"] / export_lib.REPORT_FILE).read_text())
+def test_tflite_models_agree_with_the_saved_model(tiny_export, spec):
+    report = json.loads((tiny_export["version"] / REPORT_FILE).read_text())
     assert report["agreement_windows"] == 4 and report["saved_model"]["latency_ms_batch1"] > 0
     float32 = report["tflite"]["float32"]
     assert float32["quantization"] == "float32" and float32["usable"]
@@ -245,33 +215,34 @@ def test_tflite_models_agree_with_the_saved_model(built, spec):
     int8 = report["tflite"]["int8"]
     assert int8["quantization"] in ("full_integer_int8", "dynamic_range")
     assert 0 <= int8["argmax_agreement"] <= 1 and int8["latency_ms_batch1"] > 0
-    assert int8["usable"] == (int8["argmax_agreement"] >= export_lib.MIN_AGREEMENT)
+    assert int8["usable"] == (int8["argmax_agreement"] >= MIN_AGREEMENT)
     assert ("warning" in int8) == (not int8["usable"])
     # The float model, run here on a test window, reproduces the SavedModel's probabilities.
-    runner = export_lib.TFLiteRunner((built["version"] / float32["file"]).read_bytes())
-    windows, examples = export_lib.read_windows(str(built["data"]), "test", spec, 1)
-    saved = tf.saved_model.load(str(built["version"])).signatures["serve_examples"](examples=tf.constant(examples))
+    runner = TFLiteRunner((tiny_export["version"] / float32["file"]).read_bytes())
+    windows, examples = read_windows(str(tiny_export["data"]), "test", spec, 1)
+    serve_examples = tf.saved_model.load(str(tiny_export["version"])).signatures["serve_examples"]
+    saved = serve_examples(examples=tf.constant(examples))
     np.testing.assert_allclose(runner(windows), saved["probabilities"].numpy(), atol=1e-4)
 
 
-def test_failed_export_leaves_no_version_and_versions_count_up(built, tmp_path):
+def test_failed_export_leaves_no_version_and_versions_count_up(tiny_export, tmp_path):
     broken = tmp_path / "broken"
-    shutil.copytree(built["data"], broken)
+    shutil.copytree(tiny_export["data"], broken)
     shard = next(broken.glob("train-*.tfrecord"))
     shard.write_bytes(shard.read_bytes()[:1000])  # truncated: fails while reading calibration windows
     export_dir = tmp_path / "export"
     with pytest.raises(tf.errors.DataLossError):
-        export_lib.export_run(str(built["run"]), str(export_dir), "ecg", tflite=True, data_dir=str(broken))
+        export_run(str(tiny_export["run"]), str(export_dir), "ecg", tflite=True, data_dir=str(broken))
     assert os.listdir(export_dir / "ecg") == []
-    assert export_lib.export_run(str(built["run"]), str(export_dir), "ecg") == str(export_dir / "ecg" / "1")
-    assert export_lib.export_run(str(built["run"]), str(export_dir), "ecg", version=7) == str(export_dir / "ecg" / "7")
-    assert export_lib.next_version(str(export_dir / "ecg")) == 8
+    assert export_run(str(tiny_export["run"]), str(export_dir), "ecg") == str(export_dir / "ecg" / "1")
+    assert export_run(str(tiny_export["run"]), str(export_dir), "ecg", version=7) == str(export_dir / "ecg" / "7")
+    assert next_version(str(export_dir / "ecg")) == 8
     with pytest.raises(FileExistsError, match="exists"):
-        export_lib.export_run(str(built["run"]), str(export_dir), "ecg", version=7)
+        export_run(str(tiny_export["run"]), str(export_dir), "ecg", version=7)
 
 
-def test_cli_validates_flags_before_any_work(built, tmp_path):
-    result = subprocess.run([PYTHON, "-m", "ecg_tfx.export", f"--run_dir={built['run']}",
+def test_cli_validates_flags_before_any_work(tiny_export, tmp_path):
+    result = subprocess.run([PYTHON, "-m", "ecg_tfx.export", f"--run_dir={tiny_export['run']}",
                              f"--export_dir={tmp_path}", "--tflite"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--tflite needs --data_dir" in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ import pytest
 from ecg_tfx.data import conversion
 from ecg_tfx.data.conversion import ConversionConfig
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # Small and fast: 100 Hz, 2.5 s inputs, more training shards than workers.
 DATA = ConversionConfig(synthetic_patients=12, synthetic_records_per_patient=2, synthetic_duration_s=10.0,
                         sample_rate=100, shard_size_mb=0.02)
@@ -29,7 +29,7 @@ RUN_FILES = {"model.keras", "model_spec.json", "history.csv", "metrics.json", "r
 def data_dir(tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("data")
     manifest = conversion.run(DATA, str(out))
-    assert len(manifest["splits"]["train"]["shards"]) >= 2
+    assert len(manifest.splits["train"].shards) >= 2
     return out
 
 

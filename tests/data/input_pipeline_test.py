@@ -7,25 +7,23 @@ import pytest
 import tensorflow as tf
 
 from ecg_tfx.core import schema
+from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec, frame
 from ecg_tfx.data import conversion, input_pipeline
 from ecg_tfx.data.conversion import ConversionConfig
 from ecg_tfx.dsp.augment import AugmentConfig
-from ecg_tfx.dsp.preprocessing import PreprocessConfig, preprocess
+from ecg_tfx.dsp.preprocessing import preprocess
 
 TINY = ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2, synthetic_duration_s=10,
                         sample_rate=100, shard_size_mb=0.2)
 
 
-def spec_for(manifest: dict, input_samples: int | None = None) -> ModelSpec:
-    window = manifest["window_samples"]
-    return ModelSpec("cnn", tuple(manifest["labels"]), manifest["multi_label"], tuple(manifest["leads"]),
-                     manifest["sample_rate_hz"], window, manifest["stride_samples"], input_samples or window, 50,
-                     PreprocessConfig(manifest["sample_rate_hz"]))
+def spec_for(manifest: Manifest, input_samples: int = 0) -> ModelSpec:
+    return manifest.model_spec("cnn", input_samples / manifest.sample_rate_hz, 50 / manifest.sample_rate_hz)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[str, dict]:
+def data(tmp_path_factory) -> tuple[str, Manifest]:
     out = str(tmp_path_factory.mktemp("tiny"))
     return out, conversion.run(TINY, out)
 
@@ -44,15 +42,6 @@ def test_shapes_and_dtypes_for_1_3_12_leads(tmp_path, leads, count):
     assert x.shape[1:] == (250, count) and y.shape[1:] == (5,)
 
 
-def test_class_weights_from_manifest_counts(data):
-    _, manifest = data
-    manifest = {**manifest, "splits": {"train": {"class_examples": {"a": 30, "b": 10}}}}
-    weights = input_pipeline.class_weights(manifest, ("a", "b"))
-    assert weights == pytest.approx([40 / 60, 40 / 20])
-    # the weighted mean over examples is 1: no change to the loss scale
-    assert (30 * weights[0] + 10 * weights[1]) / 40 == pytest.approx(1.0)
-
-
 def test_sample_weights_follow_the_class(data):
     out, manifest = data
     spec = spec_for(manifest)
@@ -65,7 +54,7 @@ def test_sample_weights_follow_the_class(data):
 def test_evaluation_data_is_never_augmented(data):
     out, manifest = data
     spec = spec_for(manifest, input_samples=500)
-    files = input_pipeline.shard_files(out, manifest, "validation")
+    files = manifest.shard_files(out, "validation")
     raw = np.stack([schema.decode_example(r.numpy())["signal"] for r in tf.data.TFRecordDataset(files)])
     expected = frame(preprocess(raw, spec.preprocessing), 500, 50).numpy().reshape(-1, 500, raw.shape[-1])
     first = np.concatenate([x.numpy() for x, _ in input_pipeline.make_dataset(out, manifest, "validation", spec,
@@ -83,5 +72,5 @@ def test_training_data_is_augmented_and_reshuffled(data):
     dataset = input_pipeline.make_dataset(out, manifest, "train", spec, 1000, True,
                                           AugmentConfig(crop_samples=500, noise_std=0.1), seed=3)
     epochs = [next(iter(dataset))[0].numpy() for _ in range(2)]
-    assert epochs[0].shape == (manifest["splits"]["train"]["examples"], 500, 12)
+    assert epochs[0].shape == (manifest.splits["train"].examples, 500, 12)
     assert not np.allclose(epochs[0], epochs[1])

@@ -15,14 +15,15 @@ import keras
 import numpy as np
 import pytest
 
+from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.data import conversion, input_pipeline
 from ecg_tfx.data.conversion import ConversionConfig
 from ecg_tfx.dsp.augment import AugmentConfig
-from ecg_tfx.dsp.preprocessing import PreprocessConfig
 from ecg_tfx.models import build_model
-from ecg_tfx.training import distribute
+from ecg_tfx.training import distribute, trainer
 from ecg_tfx.training.callbacks import BestCheckpoint
+from ecg_tfx.training.config import TrainConfig
 
 TINY = ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2, synthetic_duration_s=10,
                         sample_rate=100, shard_size_mb=0.2)
@@ -75,13 +76,16 @@ def test_mirrored_over_two_virtual_cpus(data_dir, tmp_path):
 
 
 def test_one_cycle_schedule_spans_the_run(data_dir, tmp_path):
-    run_train(f"--data_dir={data_dir}", f"--run_dir={tmp_path}", "--epochs=2", "--batch_size=8", "--export=false",
-              "--lr_schedule=one_cycle", "--learning_rate=0.01", "--weight_decay=0.02")
+    """Through the library, as tests and benchmarks call it: a TrainConfig, no flags."""
+    config = TrainConfig(data_dir=data_dir, run_dir=str(tmp_path), epochs=2, batch_size=8, export=False,
+                         precision="float32", lr_schedule="one_cycle", learning_rate=0.01, weight_decay=0.02)
+    info = trainer.train(config, flags_text="--epochs=2\n")
+    assert info["epochs_run"] == 2 and (tmp_path / "flags.txt").read_text() == "--epochs=2\n"
     optimizer = keras.saving.load_model(tmp_path / "model.keras").optimizer
     assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.02)
     steps_per_epoch = int(optimizer.iterations) // 2
     assert steps_per_epoch == input_pipeline.batches_per_epoch(
-        input_pipeline.load_manifest(data_dir), "train", ModelSpec.load(str(tmp_path)), 8, True, False)
+        Manifest.load(data_dir), "train", ModelSpec.load(str(tmp_path)), 8, True, False)
     schedule = optimizer._learning_rate
     assert float(schedule(0)) == pytest.approx(0.01 / 25)
     assert float(schedule(int(0.3 * 2 * steps_per_epoch))) == pytest.approx(0.01)  # the peak, after warm-up
@@ -91,9 +95,8 @@ def test_one_cycle_schedule_spans_the_run(data_dir, tmp_path):
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_each_precision_policy_trains(data_dir, policy):
-    manifest = input_pipeline.load_manifest(data_dir)
-    spec = ModelSpec("cnn", tuple(manifest["labels"]), False, tuple(manifest["leads"]), 100, 1000, 1000, 500, 100,
-                     PreprocessConfig(100))
+    manifest = Manifest.load(data_dir)
+    spec = manifest.model_spec("cnn", input_seconds=5)
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model("cnn", 12, 5, False, 100, 500)

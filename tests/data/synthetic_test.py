@@ -16,8 +16,7 @@ import pytest
 from scipy import signal as sps
 
 from ecg_tfx.core.labels import SYNTHETIC_CLASSES
-from ecg_tfx.core.records import STANDARD12
-from ecg_tfx.data.sources import RecordError
+from ecg_tfx.core.records import STANDARD12, RecordError
 from ecg_tfx.data.sources.synthetic import SyntheticSource, draw_patient, synthesize
 
 FS = 500.0

@@ -1,0 +1,66 @@
+"""Export of a training run: `<export_dir>/<model_name>/<version>/` as TF Serving expects it, whole or not at all.
+
+The version holds the SavedModel (`saved_model.pb`, `variables/`, `assets/labels.txt`,
+`assets.extra/tf_serving_warmup_requests`) and, with `tflite`, `tflite/` (float32 and int8 models plus their
+`model_spec.json`) and `export_report.json`. It is written under a hidden temporary sibling (TF Serving ignores
+non-integer names) and moved into place only when everything succeeded, so a local version directory is always
+whole; on gs:// and s3:// (no folder rename) `saved_model.pb` is copied last.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from ecg_tfx.core import storage
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.core.run_folder import RunFolder
+from ecg_tfx.serving.saved_model import write_saved_model
+from ecg_tfx.serving.tflite import write_tflite
+from ecg_tfx.serving.versions import next_version
+
+REPORT_FILE = "export_report.json"
+
+
+def load_run(run_dir: str) -> tuple[keras.Model, ModelSpec]:
+    """The run's Keras model and ModelSpec, checked against each other."""
+    spec = ModelSpec.load(run_dir)
+    model = keras.saving.load_model(RunFolder(run_dir).model, compile=False)
+    if model.output_shape[-1] != len(spec.labels):
+        raise ValueError(f"{run_dir}: the model has {model.output_shape[-1]} outputs but the spec "
+                         f"{len(spec.labels)} labels")
+    if model.input_shape[-1] != len(spec.leads):
+        raise ValueError(f"{run_dir}: the model takes {model.input_shape[-1]} leads, the spec names {len(spec.leads)}")
+    return model, spec
+
+
+def export_run(run_dir: str, export_dir: str, model_name: str = "ecg", version: int | None = None,
+               tflite: bool = False, data_dir: str | None = None) -> str:
+    """Exports a training run to `<export_dir>/<model_name>/<version>/`, whole or not at all; returns that path.
+
+    `tflite` also writes the TFLite models and `export_report.json`, using `data_dir`'s train split to calibrate
+    int8 and its test split to measure agreement with the SavedModel.
+    """
+    if tflite and not data_dir:
+        raise ValueError("tflite export needs data_dir for representative and agreement windows")
+    model, spec = load_run(run_dir)
+    model_dir = storage.join(export_dir, model_name)
+    version = version or next_version(model_dir)
+    final = storage.join(model_dir, str(version))
+    if tf.io.gfile.exists(final):
+        raise FileExistsError(f"{final} exists; choose another --version or leave it out for the next free one")
+    tf.io.gfile.makedirs(model_dir)
+    tmp = storage.temporary_name(final)
+    try:
+        write_saved_model(model, spec, tmp, model_name)
+        if tflite:
+            report = write_tflite(model, spec, tmp, data_dir)
+            storage.write_json(storage.join(tmp, REPORT_FILE), report)
+        storage.publish_dir(tmp, final)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        raise
+    logging.info("exported %s", final)
+    return final

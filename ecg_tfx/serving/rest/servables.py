@@ -1,0 +1,87 @@
+"""Loaded SavedModels as TF Serving holds them: every integer version of a model, its SignatureDefs and labels."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from ecg_tfx.serving.errors import invalid_argument, not_found
+from ecg_tfx.serving.versions import list_versions
+
+
+@dataclasses.dataclass(frozen=True)
+class Servable:
+    """One loaded version: its SignatureDefs (as saved) and the callable signatures."""
+
+    version: int
+    path: str
+    signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+    functions: Mapping[str, Any]  # signature name -> ConcreteFunction taking keyword tensors
+
+    @classmethod
+    def load(cls, path: str, version: int) -> Servable:
+        saved_model = saved_model_pb2.SavedModel()
+        with tf.io.gfile.GFile(tf.io.gfile.join(path, "saved_model.pb"), "rb") as f:
+            saved_model.ParseFromString(f.read())
+        meta_graph = next((m for m in saved_model.meta_graphs if "serve" in m.meta_info_def.tags), None)
+        if meta_graph is None:
+            raise ValueError(f"{path} has no MetaGraph tagged 'serve'")
+        loaded = tf.saved_model.load(path, tags=["serve"])
+        return cls(version, path, dict(meta_graph.signature_def), dict(loaded.signatures))
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """All loaded versions of one model plus its version labels."""
+
+    name: str
+    servables: Mapping[int, Servable]
+    labels: Mapping[str, int]
+
+    @classmethod
+    def load(cls, name: str, base_path: str, labels: Mapping[str, int] | None = None) -> Model:
+        """Loads every integer version folder under `base_path`; labels must name loaded versions."""
+        if not tf.io.gfile.isdir(base_path):
+            raise FileNotFoundError(f"model base path {base_path} does not exist")
+        versions = list_versions(base_path)
+        if not versions:
+            raise FileNotFoundError(f"{base_path} holds no integer version folders")
+        servables = {}
+        for version in versions:
+            servables[version] = Servable.load(tf.io.gfile.join(base_path, str(version)), version)
+            logging.info("loaded %s version %d", name, version)
+        labels = dict(labels or {})
+        for label, version in labels.items():
+            if version not in servables:
+                raise ValueError(f"version label {label!r} points at version {version}, which is not loaded "
+                                 f"(loaded: {versions})")
+        return cls(name, servables, labels)
+
+    def servable(self, version: int | None, label: str | None) -> Servable:
+        """The requested version (a number, a label or the latest), with TF Serving's error for a missing one."""
+        if label is not None:
+            if label not in self.labels:
+                raise invalid_argument(f"Unrecognized servable version label: {label}")
+            version = self.labels[label]
+        if version is None:
+            return self.servables[max(self.servables)]
+        if version not in self.servables:
+            raise not_found(f"Servable not found for request: Specific({self.name}, {version})")
+        return self.servables[version]
+
+
+def parse_version_labels(text: str) -> dict[str, int]:
+    """'stable:1,canary:2' -> {'stable': 1, 'canary': 2}."""
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        label, _, version = item.partition(":")
+        if not re.fullmatch(r"[^/:]+", label) or not version.isdigit():
+            raise ValueError(f"bad version label {item!r}; expected label:version, e.g. stable:1")
+        labels[label] = int(version)
+    return labels

@@ -1,0 +1,175 @@
+"""The trainer: `train(TrainConfig)` fits a model on converted TFRecords, evaluates it and exports it.
+
+It reads no flags (the `train` command turns flags into a TrainConfig), so tests and benchmarks call it
+directly. Under multi-worker training only the chief writes the run folder; the other workers keep their
+backups in `<run_dir>/.workers/<i>/` and remove it at the end.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from ecg_tfx.core import storage
+from ecg_tfx.core.manifest import Manifest
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.core.run_folder import RunFolder
+from ecg_tfx.data import input_pipeline
+from ecg_tfx.evaluation import plots
+from ecg_tfx.evaluation.evaluate import evaluate
+from ecg_tfx.models import build_model
+from ecg_tfx.serving.exporter import export_run
+from ecg_tfx.training import distribute
+from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger
+from ecg_tfx.training.config import TrainConfig
+
+
+def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callback]:
+    """Early stopping, LR schedule, best checkpoint, backup (resume after a kill), TensorBoard, CSV log.
+
+    `work_dir` is the run folder on the chief; other multi-worker workers get their own, removed at the end.
+    """
+    mode = "min" if "loss" in config.monitor else "max"
+    warmup = min(config.warmup_epochs, config.epochs - 1)
+    work = RunFolder(work_dir)
+    resuming = tf.io.gfile.exists(work.backup)  # a fresh run starts a fresh history
+    plateau = [keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5, patience=config.lr_patience,
+                                                 min_lr=1e-6)] if config.lr_schedule == "plateau" else []
+    return plateau + [
+        keras.callbacks.BackupAndRestore(work.backup),
+        keras.callbacks.EarlyStopping(config.monitor, mode=mode, patience=config.patience,
+                                      restore_best_weights=True, start_from_epoch=warmup),
+        BestCheckpoint(work.best, monitor=config.monitor, mode=mode, save_best_only=True, start_from_epoch=warmup),
+        keras.callbacks.TensorBoard(work.logs),
+        CSVLogger(work.history, append=resuming),
+    ]
+
+
+def optimizer(config: TrainConfig, train_steps: int) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW with weight decay; the learning rate follows the schedule over `train_steps` in all."""
+    rate = config.learning_rate
+    if config.lr_schedule == "one_cycle":
+        warmup = int(0.3 * train_steps)
+        rate = keras.optimizers.schedules.CosineDecay(rate / 25, max(1, train_steps - warmup), alpha=1e-4,
+                                                      warmup_target=rate, warmup_steps=warmup)
+    if config.weight_decay:
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(rate)
+
+
+def compile_model(config: TrainConfig, spec: ModelSpec, train_steps: int) -> keras.Model:
+    """The spec's architecture, compiled with the config's optimizer, the loss and accuracy/AUC metrics."""
+    model = build_model(spec.model, len(spec.leads), len(spec.labels), spec.multi_label, spec.sample_rate_hz,
+                        spec.input_samples, config.dropout)
+    if spec.multi_label:
+        loss, accuracy = "binary_crossentropy", keras.metrics.BinaryAccuracy(name="accuracy")
+    else:
+        loss, accuracy = "categorical_crossentropy", keras.metrics.CategoricalAccuracy(name="accuracy")
+    auc = keras.metrics.AUC(name="auc", multi_label=spec.multi_label,
+                            num_labels=len(spec.labels) if spec.multi_label else None)
+    model.compile(optimizer(config, train_steps), loss, metrics=[accuracy, auc])
+    return model
+
+
+def datasets(config: TrainConfig, manifest: Manifest, spec: ModelSpec, strategy: tf.distribute.Strategy
+             ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Training and validation datasets; each worker reads its own files (or examples) under multi-worker."""
+    weights = manifest.class_weights(spec.labels) if config.class_weights else None
+    common = dict(data_dir=config.data_dir, manifest=manifest, spec=spec, batch_size=config.batch_size, repeat=True)
+    train = input_pipeline.make_dataset(split="train", training=True, augmentation=config.augment_config(spec),
+                                        cache=config.cache, seed=config.seed, weights=weights,
+                                        drop_remainder=strategy.num_replicas_in_sync > 1, **common)
+    validation = input_pipeline.make_dataset(split="validation", training=False, cache=config.cache and "memory",
+                                             **common)
+    return train.with_options(shard_options("train", manifest, strategy)), validation.with_options(
+        shard_options("validation", manifest, strategy))
+
+
+def shard_options(split: str, manifest: Manifest, strategy: tf.distribute.Strategy) -> tf.data.Options:
+    """How multi-worker training splits a dataset between workers: by file when each worker gets one.
+
+    The training pipeline also draws a range (augmentation seeds per step), which FILE sharding cannot
+    split, so training is sharded by data: each worker reads every file and keeps its share of the batches.
+    """
+    enough_files = len(manifest.split(split).shards) >= distribute.num_workers(strategy)
+    policy = tf.data.experimental.AutoShardPolicy
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        policy.FILE if enough_files and split != "train" else policy.DATA)
+    return options
+
+
+def write_run_files(run: RunFolder, spec: ModelSpec, info: dict, flags_text: str) -> None:
+    spec.save(run.path)
+    storage.write_json(run.labels, {"labels": list(spec.labels), "multi_label": spec.multi_label})
+    storage.write_bytes(run.flags, flags_text.encode())
+    storage.write_json(run.run_info, info)
+
+
+def train(config: TrainConfig, flags_text: str = "") -> dict:
+    """Trains, evaluates on validation and test, exports; returns the run info (also in run_info.json).
+
+    `flags_text` is written to flags.txt: the command line that reproduces the run (the `train` command's flags).
+    """
+    if config.virtual_cpus:
+        distribute.split_cpu(config.virtual_cpus)
+    storage.enable_filesystem(config.run_dir)
+    manifest = Manifest.load(config.data_dir)
+    precision, reason = distribute.set_precision(config.precision)
+    strategy = distribute.make_strategy(config.strategy)
+    chief = distribute.is_chief(strategy)
+    run = RunFolder(config.run_dir)
+    work_dir = run.path if chief else storage.join(run.workers, str(strategy.cluster_resolver.task_id))
+    tf.io.gfile.makedirs(work_dir)
+    keras.utils.set_random_seed(config.seed)
+    spec = config.model_spec(manifest)
+    info = {"precision": precision, "precision_reason": reason, "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version(), "data_dir": config.data_dir, "model": spec.model}
+    logging.info("training %s: %s on %d replica(s), precision %s (%s)", spec.model, info["strategy"],
+                 info["replicas"], precision, reason)
+    train_data, validation_data = datasets(config, manifest, spec, strategy)
+    steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, config.batch_size, split == "train",
+                                                     split == "train" and strategy.num_replicas_in_sync > 1)
+             for split in ("train", "validation")}
+    with strategy.scope():
+        model = compile_model(config, spec, steps["train"] * config.epochs)
+    info["parameters"] = model.count_params()
+    if chief:
+        write_run_files(run, spec, info, flags_text)
+    started = time.time()
+    history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs, shuffle=False,
+                        steps_per_epoch=steps["train"], validation_steps=steps["validation"],
+                        callbacks=callbacks(config, work_dir), verbose=1 if sys.stdout.isatty() else 2)
+    info["train_seconds"] = round(time.time() - started, 1)
+    info["epochs_run"] = len(history.epoch)
+    if not chief:  # leaves nothing in the run folder
+        tf.io.gfile.rmtree(work_dir)
+        try:
+            if not tf.io.gfile.listdir(run.workers):
+                tf.io.gfile.rmtree(run.workers)
+        except tf.errors.NotFoundError:  # another worker removed it first (or the store has no folders)
+            pass
+        return info
+    model.save(run.model)  # the best weights (EarlyStopping restores them)
+    if not tf.io.gfile.exists(run.best):
+        model.save(run.best)
+    return finish(config, run, model, spec, manifest, info)
+
+
+def finish(config: TrainConfig, run: RunFolder, model: keras.Model, spec: ModelSpec, manifest: Manifest,
+           info: dict) -> dict:
+    """Plots, evaluation on validation and test, and the export: everything after fit, chief only."""
+    plots.save_training_history(run.history, run.history_plot)
+    for split in ("validation", "test"):
+        info[f"{split}_metrics"] = evaluate(model, spec, config.data_dir, manifest, split, run.evaluation_dir(split))
+    if config.export:
+        info["export"] = export_run(run.path, config.export_dir or run.export, config.model_name,
+                                    tflite=config.tflite, data_dir=config.data_dir)
+    storage.write_json(run.run_info, info)
+    return info
