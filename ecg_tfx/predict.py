@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 
 from ecg_tfx.core import storage
+from ecg_tfx.serving.contract import ContractError
 from ecg_tfx.serving.predictors import InputError, diagnose, load_predictor
 
 _MODEL = flags.DEFINE_string("model", None, "A SavedModel version folder (or its model folder: newest version) "
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> None:
         try:
             result = diagnose(predictor, path, _TOP_K.value, sample_rate=_SAMPLE_RATE.value, leads=_LEADS.value,
                               units=_UNITS.value)
-        except (InputError, OSError) as error:
+        except (InputError, ContractError, OSError) as error:
             print(f"error: {path}: {error}", file=sys.stderr)
             failed += 1
             continue

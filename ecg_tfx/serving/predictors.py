@@ -2,7 +2,8 @@
 
 Inputs: WFDB records (the `.hea` path; rate, lead names and units come from the header), CSV (a header row of lead
 names, one column per lead; the rate and units must be given) and `.npy` ([time, leads]; rate, units and lead
-names must be given). Leads are matched to the model's by name; rate and units are never guessed.
+names must be given). Leads are matched to the model's by name; rate and units are never guessed. Both predictors
+check the export's input contract (`contract.py`) before the model or the resampler sees a recording.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.core.records import STANDARD12, RecordError, RecordRef, canonical_lead
 from ecg_tfx.data import transform
 from ecg_tfx.data.wfdb_io import available_channels, read_header, read_wfdb_record
+from ecg_tfx.serving.contract import InputContract, check_recording
 from ecg_tfx.serving.tflite import TFLiteRunner
 from ecg_tfx.serving.versions import list_versions
 
@@ -56,8 +58,6 @@ def read_recording(path: str, sample_rate: float | None = None, leads: list[str]
         signal, names = np.load(path), list(STANDARD12) if leads == ["standard12"] else leads
     if signal.ndim != 2 or signal.shape[1] != len(names):
         raise InputError(f"samples of shape {signal.shape} do not match {len(names)} leads {names}")
-    if not np.all(np.isfinite(signal)):
-        raise InputError("has NaN or infinite samples")
     return Recording((signal * TO_MV[units]).astype(np.float32), tuple(canonical_lead(n) for n in names),
                      sample_rate)
 
@@ -106,13 +106,6 @@ def match_leads(recording: Recording, model_leads: tuple[str, ...]) -> np.ndarra
     return recording.signal[:, [index[name] for name in model_leads]]
 
 
-def whole_rate(sample_rate_hz: float) -> int:
-    """The exported model resamples from whole rates only."""
-    if sample_rate_hz != round(sample_rate_hz):
-        raise InputError(f"sample rate {sample_rate_hz} Hz is not a whole number; resample the input first")
-    return int(round(sample_rate_hz))
-
-
 class SavedModelPredictor:
     """The `serving_default` signature of an exported SavedModel."""
 
@@ -121,12 +114,13 @@ class SavedModelPredictor:
         metadata = self.model.metadata()
         self.labels = tuple(name.decode() for name in metadata["class_names"].numpy())
         self.leads = tuple(name.decode() for name in metadata["leads"].numpy())
+        self.contract = InputContract.loads(metadata["input_contract_json"].numpy().decode())
 
     def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> np.ndarray:
         """[time, model leads] mV -> probabilities [classes] averaged over the recording."""
+        rate = check_recording(self.contract, signal, sample_rate_hz)
         outputs = self.model.signatures["serving_default"](
-            ecg=tf.constant(signal[None], tf.float32),
-            sample_rate=tf.constant([whole_rate(sample_rate_hz)], tf.float32))
+            ecg=tf.constant(signal[None], tf.float32), sample_rate=tf.constant([rate], tf.float32))
         return outputs["probabilities"].numpy()[0]
 
 
@@ -138,10 +132,13 @@ class TFLitePredictor:
         with open(path, "rb") as f:
             self.runner = TFLiteRunner(f.read())
         self.labels, self.leads = self.spec.labels, self.spec.leads
+        self.contract = InputContract.load(os.path.dirname(path))
 
     def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> np.ndarray:
+        """[time, model leads] mV -> probabilities [classes] averaged over the recording's windows."""
         spec = self.spec
-        resampled = transform.resample(signal, whole_rate(sample_rate_hz), spec.sample_rate_hz)
+        rate = check_recording(self.contract, signal, sample_rate_hz)
+        resampled = transform.resample(signal, rate, spec.sample_rate_hz)
         plan = transform.WindowPlan(spec.leads, spec.sample_rate_hz, spec.window_samples, spec.stride_samples,
                                     pad_short=True, labels=spec.labels)
         return np.mean([self.runner(window[None])[0] for window in transform.windows(resampled, plan)], axis=0)

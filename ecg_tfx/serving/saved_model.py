@@ -1,10 +1,10 @@
 """The SavedModel for TF Serving: three signatures, the labels asset and warm-up requests.
 
 Signatures (in the style of TF Model Garden's export_base: one `serve` core, one small tf.function per input kind),
-all stock TF ops so the export loads without this package:
-- `serving_default`: `ecg` float32 [batch, time, leads] in mV at any whole `sample_rate` (float32 [batch], equal
-  within a request) -> resampled in-graph to the spec's rate, cut into stored windows, preprocessed, cut into model
-  inputs; the probabilities are averaged over all model inputs of a recording.
+all stock TF ops so the export loads without this package, each enforcing the input contract (`contract.py`) first:
+- `serving_default`: `ecg` float32 [batch, time, leads] in mV at a whole `sample_rate` in the contract's range
+  (float32 [batch], equal within a request) -> resampled in-graph to the spec's rate, cut into stored windows,
+  preprocessed, cut into model inputs; the probabilities are averaged over all model inputs of a recording.
 - `serve_examples`: `examples` serialized tf.Example in the converter's schema -> one prediction per window.
 - `classify`: TF Serving's Classify API (`inputs` -> `classes`, `scores`).
 Each returns `probabilities` [batch, classes], `class_id` int64, `class_name` string and `confidence` float32
@@ -27,6 +27,7 @@ from ecg_tfx.core import schema, storage
 from ecg_tfx.core.model_spec import ModelSpec, frame, window_probabilities
 from ecg_tfx.dsp.preprocessing import preprocess
 from ecg_tfx.dsp.resample import resample
+from ecg_tfx.serving.contract import InputContract, checked_recordings, checked_windows
 
 LABELS_FILE = "labels.txt"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -40,11 +41,13 @@ class ExportModule(tf.Module):
         super().__init__(name="ecg_export")
         self.model = model
         self._spec = spec
+        self._contract = InputContract.for_spec(spec)
         self.class_names = tf.Variable(list(spec.labels), trainable=False, name="class_names")
         self.leads = tf.Variable(list(spec.leads), trainable=False, name="leads")
         self.sample_rate_hz = tf.Variable(spec.sample_rate_hz, dtype=tf.int64, trainable=False, name="sample_rate_hz")
         self.window_samples = tf.Variable(spec.window_samples, dtype=tf.int64, trainable=False, name="window_samples")
         self.model_spec_json = tf.Variable(spec.dumps(), trainable=False, name="model_spec_json")
+        self.input_contract_json = tf.Variable(self._contract.dumps(), trainable=False, name="input_contract_json")
         self.labels_file = tf.saved_model.Asset(labels_path)
         num_leads = len(spec.leads)
         self.serve_ecg = tf.function(self._serve_ecg, input_signature=[
@@ -69,7 +72,7 @@ class ExportModule(tf.Module):
 
     def _serve_ecg(self, ecg: tf.Tensor, sample_rate: tf.Tensor) -> dict[str, tf.Tensor]:
         spec = self._spec
-        rate = _request_rate(ecg, sample_rate)
+        ecg, rate = checked_recordings(self._contract, ecg, sample_rate)
         signal = resample(ecg, rate, spec.sample_rate_hz)
         windows = frame(signal, spec.window_samples, spec.stride_samples)  # [batch, windows, time, leads]
         batch, count = tf.shape(windows)[0], tf.shape(windows)[1]
@@ -86,30 +89,20 @@ class ExportModule(tf.Module):
         return {"classes": classes, "scores": scores}
 
     def _parse(self, examples: tf.Tensor) -> tf.Tensor:
-        return schema.parse_examples(examples, self._spec.window_samples, len(self._spec.leads))["signal"]
+        return checked_windows(self._spec, examples)
 
     @tf.function(input_signature=[])
     def metadata(self) -> dict[str, tf.Tensor]:
-        """Class names, leads, sample rate, window length and the full ModelSpec JSON."""
+        """Class names, leads, sample rate, window length, the full ModelSpec JSON and the input contract's JSON."""
         return {
             "class_names": tf.convert_to_tensor(self.class_names),
             "leads": tf.convert_to_tensor(self.leads),
             "sample_rate_hz": tf.convert_to_tensor(self.sample_rate_hz),
             "window_samples": tf.convert_to_tensor(self.window_samples),
             "model_spec_json": tf.convert_to_tensor(self.model_spec_json),
+            "input_contract_json": tf.convert_to_tensor(self.input_contract_json),
         }
 
-
-def _request_rate(ecg: tf.Tensor, sample_rate: tf.Tensor) -> tf.Tensor:
-    """The one whole sample rate of a request (int64), asserting that every recording shares it."""
-    tf.debugging.assert_equal(tf.shape(sample_rate)[0], tf.shape(ecg)[0],
-                              message="sample_rate needs one value per recording in ecg")
-    rate = tf.reduce_max(sample_rate)
-    tf.debugging.assert_equal(tf.reduce_min(sample_rate), rate,
-                              message="all recordings of one request must share one sample_rate; "
-                                      "send recordings at different rates in separate requests")
-    tf.debugging.assert_equal(tf.round(rate), rate, message="sample_rate must be a whole number of Hz")
-    return tf.cast(rate, tf.int64)
 
 
 def write_saved_model(model: keras.Model, spec: ModelSpec, path: str, model_name: str) -> None:

@@ -18,6 +18,7 @@ from ecg_tfx.core import schema, storage
 from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
 from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.serving.contract import InputContract, check_finite
 
 TFLITE_DIR = "tflite"
 MIN_AGREEMENT = 0.9  # argmax agreement with the SavedModel below which a TFLite model is marked unusable
@@ -67,7 +68,8 @@ class TFLiteRunner:
         self.output = self.interpreter.get_output_details()[0]
 
     def __call__(self, window: np.ndarray) -> np.ndarray:
-        """[1, window_samples, leads] float mV -> probabilities [1, classes] float32."""
+        """[1, window_samples, leads] float mV (finite, as the contract asks) -> probabilities [1, classes] float32."""
+        check_finite(window, "ecg")
         scale, zero = self.input["quantization"]
         if self.input["dtype"] == np.int8:
             window = np.clip(np.round(window / scale + zero), -128, 127)
@@ -102,7 +104,7 @@ def median_ms(call: Callable[[], object], runs: int = LATENCY_RUNS) -> float:
 
 
 def write_tflite(model: keras.Model, spec: ModelSpec, path: str, data_dir: str) -> dict:
-    """Writes `tflite/model_{float32,int8}.tflite` + `tflite/model_spec.json` under `path`; returns the report."""
+    """Writes `tflite/model_{float32,int8}.tflite`, `model_spec.json` and `input_contract.json`; returns the report."""
     calibration, _ = read_windows(data_dir, "train", spec, REPRESENTATIVE_WINDOWS)
     windows, serialized = read_windows(data_dir, "test", spec, AGREEMENT_WINDOWS)
     saved = tf.saved_model.load(path).signatures["serve_examples"]
@@ -119,6 +121,7 @@ def write_tflite(model: keras.Model, spec: ModelSpec, path: str, data_dir: str) 
     tflite_dir = storage.join(path, TFLITE_DIR)
     tf.io.gfile.makedirs(tflite_dir)
     spec.save(tflite_dir)
+    InputContract.for_spec(spec).save(tflite_dir)
 
     def representative() -> Iterator[list[np.ndarray]]:
         for window in calibration:
