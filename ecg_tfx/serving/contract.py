@@ -12,8 +12,8 @@ TFLite wrapper check it in numpy with the same messages. The limits:
   pipeline): anything shorter would be scored mostly on zero padding.
 - at most 120 s of ECG per `serving_default` request (recordings x duration): the longest PTB records and twelve
   standard 10-s ECGs fit. The worst request accepted for a 500 Hz model (one 120-s recording at 9999 Hz, coprime
-  with 500, which makes the largest polyphase bank) raises peak RSS by < 1.5 GB and answers in seconds
-  (tests/serving/contract_test.py).
+  with 500, which makes the largest polyphase bank) raises peak RSS over the loaded model's by ~0.5 GB (tested
+  bound: 1 GB) and answers in 2-5 s on 2 shared cores (tested bound: 30 s) (tests/serving/contract_test.py).
 - finite values (no NaN or Infinity), in `ecg` and in every example's `ecg/signal`.
 - examples (`serve_examples`, `classify`) must say they are a window of the model: `ecg/shape` [window_samples,
   leads], `ecg/leads` the model's leads in its order, `ecg/sample_rate_hz` the model's rate and `ecg/signal`
@@ -32,8 +32,8 @@ import tensorflow as tf
 from ecg_tfx.core import schema, storage
 from ecg_tfx.core.model_spec import ModelSpec
 
-# Messages: "{}" is filled with the offending value, by tf.strings.format in the graph and by _number in numpy.
 FILENAME = "input_contract.json"  # beside tflite/model_spec.json; the SavedModel's metadata() returns the same JSON
+# Messages: "{}" is filled with the offending value, in the graph by tf.strings.format and in numpy by _number.
 NON_FINITE = "{} must hold finite numbers only (no NaN or Infinity)"
 WHOLE_RATE = "sample_rate must be a whole number of Hz; got {} Hz"
 
@@ -121,7 +121,12 @@ class _Checks:
         self._last: list[tf.Operation] = []
 
     def require(self, condition: tf.Tensor, template: str, *values: tf.Tensor) -> None:
-        message = tf.strings.format(template, list(values)) if values else template
+        """Asserts `condition`; the message is `template` with each "{}" replaced by a value (strings unquoted)."""
+        pieces = template.split("{}")
+        parts = [pieces[0]]
+        for value, piece in zip(values, pieces[1:]):
+            parts += [value if value.dtype == tf.string else tf.strings.format("{}", value), piece]
+        message = tf.strings.join(parts)
         with tf.control_dependencies(self._last):
             self._last = [tf.debugging.Assert(condition, [message])]
 
