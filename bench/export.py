@@ -3,7 +3,8 @@
 Every form gets the same input, raw 10-s mV windows at the spec's rate, and does the same work (preprocessing,
 sliding 2.5-s crops, the CNN, the mean over crops):
 - keras: the Keras model with `preprocess` + `window_probabilities` in one `tf.function` (what training runs);
-- saved_model: the exported `serving_default` signature (in-graph resampling, framing and preprocessing);
+- saved_model: the exported `serving_default` signature (in-graph resampling, framing and preprocessing), in
+  requests of at most the input contract's 120 s (batch 32 of 10-s windows = 3 requests);
 - tflite_float32 / tflite_int8: the exported TFLite window models through `serving.tflite.TFLiteRunner` (1 thread, as
   exported; batch 32 = 32 invocations, since the TFLite models take one window).
 Agreement: argmax agreement and the largest probability difference with the Keras path on every converted window.
@@ -37,18 +38,23 @@ def predictors(version: str, run_dir: str, spec) -> dict:
 
     from ecg_tfx.core.model_spec import window_probabilities
     from ecg_tfx.dsp.preprocessing import preprocess
+    from ecg_tfx.serving.contract import InputContract
     from ecg_tfx.serving.exporter import load_run
     from ecg_tfx.serving.tflite import TFLiteRunner
 
     model, _ = load_run(run_dir)
     keras_path = tf.function(lambda w: window_probabilities(model, preprocess(w, spec.preprocessing), spec))
-    serving = tf.saved_model.load(version).signatures["serving_default"]
+    loaded = tf.saved_model.load(version)
+    serving = loaded.signatures["serving_default"]
+    contract = InputContract.loads(loaded.metadata()["input_contract_json"].numpy().decode())
+    per_request = int(contract.max_request_seconds * spec.sample_rate_hz // spec.window_samples)
     runners = {kind: TFLiteRunner(open(os.path.join(version, "tflite", f"model_{kind}.tflite"), "rb").read())
                for kind in ("float32", "int8")}
 
-    def saved_model(windows: np.ndarray) -> np.ndarray:
-        rates = tf.fill([len(windows)], float(spec.sample_rate_hz))
-        return serving(ecg=tf.constant(windows), sample_rate=rates)["probabilities"].numpy()
+    def saved_model(windows: np.ndarray) -> np.ndarray:  # requests within the input contract's seconds each
+        return np.concatenate([
+            serving(ecg=tf.constant(chunk), sample_rate=tf.fill([len(chunk)], float(spec.sample_rate_hz)))[
+                "probabilities"].numpy() for chunk in np.split(windows, range(per_request, len(windows), per_request))])
 
     def tflite(kind: str):
         return lambda windows: np.concatenate([runners[kind](window[None]) for window in windows])
