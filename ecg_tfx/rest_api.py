@@ -38,9 +38,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 from aiohttp import web
-from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from ecg_tfx.core import compat
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -467,7 +468,7 @@ def _example_from_json(value: Any) -> tf.train.Example:
 
 def classify_examples(doc: dict) -> list[bytes]:
     """Serialized tf.Examples of a classify request; `context` features are merged into every example."""
-    context = _example_from_json(doc["context"]).SerializeToString() if "context" in doc else b""
+    context = compat.serialize(_example_from_json(doc["context"])) if "context" in doc else b""
     examples = doc.get("examples")
     if examples is None:
         raise invalid_argument(f"JSON Value: {_quote(doc)} When method is classify, key 'examples' is expected and "
@@ -477,7 +478,7 @@ def classify_examples(doc: dict) -> list[bytes]:
     if not examples:
         raise invalid_argument(f"JSON Value: {_quote(doc)} 'examples' value is an empty array")
     # Concatenated serialized protos parse as their merge, which is how TF Serving applies a context.
-    return [context + _example_from_json(example).SerializeToString() for example in examples]
+    return [context + compat.serialize(_example_from_json(example)) for example in examples]
 
 
 # --- tensors -> JSON --------------------------------------------------------------------------------------------
@@ -596,8 +597,7 @@ def status_response(model: Model, version: int | None) -> dict:
 
 def metadata_response(model: Model, servable: Servable) -> dict:
     """GetModelMetadataResponse as TF Serving writes it: model_spec plus the SavedModel's signature_def map."""
-    signature_defs = {name: json_format.MessageToDict(signature_def, preserving_proto_field_name=True,
-                                                      including_default_value_fields=True)
+    signature_defs = {name: compat.message_to_dict(signature_def, with_defaults=True)
                       for name, signature_def in servable.signature_defs.items()}
     return {"model_spec": {"name": model.name, "signature_name": "", "version": str(servable.version)},
             "metadata": {"signature_def": {"signature_def": signature_defs}}}
