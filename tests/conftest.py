@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import pathlib
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The pinned stack (constraints.txt) rather than the current one (constraints-current.txt, what Colab installs).
+ON_PINNED_STACK = f"tensorflow=={importlib.metadata.version('tensorflow')}" in (REPO / "constraints.txt").read_text()
 
 
 def _data_dir(name: str) -> pathlib.Path:
