@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import nbformat
 import pytest
@@ -29,7 +30,8 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert "precision auto ->" in outputs
     assert "true condition:" in outputs
     assert "sample.npy: " in outputs and "(confidence " in outputs  # the export's diagnosis of a fresh record
-    assert "error" not in outputs.lower()
+    # TensorFlow >= 2.20 logs C++ info lines ("I0000 ... round-off errors ...") before any log level applies.
+    assert "error" not in "\n".join(line for line in outputs.lower().splitlines() if not re.match(r"i\d{4} ", line))
     metrics = json.loads((tmp_path / "runs" / "synthetic" / "metrics.json").read_text())
     assert metrics["record"]["accuracy"] is not None
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
