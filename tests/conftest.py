@@ -3,6 +3,7 @@ conversion, trained run and export made once per session for the tests of every 
 
 from __future__ import annotations
 
+import importlib.metadata
 import pathlib
 
 import keras
@@ -16,6 +17,8 @@ from ecg_tfx.serving.exporter import export_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The pinned stack (constraints.txt) rather than the current one (constraints-current.txt, what Colab installs).
+ON_PINNED_STACK = f"tensorflow=={importlib.metadata.version('tensorflow')}" in (REPO / "constraints.txt").read_text()
 
 
 def _data_dir(name: str) -> pathlib.Path:

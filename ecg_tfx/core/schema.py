@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from ecg_tfx.core import compat
+
 SCHEMA_VERSION = 1
 
 SIGNAL = "ecg/signal"
@@ -72,7 +74,7 @@ def make_example(
         PATIENT_ID: _bytes([patient_id.encode()]),
         WINDOW_INDEX: _ints([window_index]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return compat.serialize(tf.train.Example(features=tf.train.Features(feature=features)))
 
 
 def feature_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:

@@ -164,27 +164,28 @@ class GrpcClient:
             raise ServingError(error.code().name, error.details()) from None
 
     def status(self) -> dict:
-        from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_status_pb2
+
+        from ecg_tfx.core import compat
 
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec)
         response = self._call(self.models.GetModelStatus, request)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+        return compat.message_to_dict(response)
 
     def metadata(self) -> dict:
         """The signature_def map, as the REST metadata answer holds it."""
-        from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
+
+        from ecg_tfx.core import compat
 
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(request.model_spec)
         response = self._call(self.predictions.GetModelMetadata, request)
         signature_defs = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signature_defs)
-        return {"model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
-                "metadata": {"signature_def": json_format.MessageToDict(signature_defs,
-                                                                        preserving_proto_field_name=True)}}
+        return {"model_spec": compat.message_to_dict(response.model_spec),
+                "metadata": {"signature_def": compat.message_to_dict(signature_defs)}}
 
     def predict_inputs(self, inputs: Mapping[str, np.ndarray], signature: str = "serving_default") -> dict:
         import tensorflow as tf

@@ -23,7 +23,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, predict_pb2, prediction_log_pb2
 
-from ecg_tfx.core import schema, storage
+from ecg_tfx.core import compat, schema, storage
 from ecg_tfx.core.model_spec import ModelSpec, frame, window_probabilities
 from ecg_tfx.dsp.preprocessing import preprocess
 from ecg_tfx.dsp.resample import resample
@@ -134,7 +134,7 @@ def set_method_name(path: str, signature: str, method_name: str) -> None:
         saved_model.ParseFromString(f.read())
     saved_model.meta_graphs[0].signature_def[signature].method_name = method_name
     with tf.io.gfile.GFile(pb_path, "wb") as f:
-        f.write(saved_model.SerializeToString())
+        f.write(compat.serialize(saved_model))
     # fingerprint.pb hashes saved_model.pb; TF's own writer (the same call tf.saved_model.save makes) recomputes it.
     with tf.io.gfile.GFile(storage.join(path, "fingerprint.pb"), "wb") as f:
         f.write(fingerprinting.CreateFingerprintDef(path))
@@ -169,4 +169,4 @@ def write_warmup(path: str, spec: ModelSpec, model_name: str) -> None:
     tf.io.gfile.makedirs(extra)
     with tf.io.TFRecordWriter(storage.join(extra, WARMUP_FILE)) as writer:
         for log in logs:
-            writer.write(log.SerializeToString())
+            writer.write(compat.serialize(log))

@@ -147,11 +147,15 @@ def test_killed_run_resumes_from_its_backup(tmp_path):
     run = tmp_path / "run"
     args = [sys.executable, "-m", "ecg_tfx.train", f"--data_dir={data}", f"--run_dir={run}", "--epochs=6",
             "--batch_size=8", "--export=false", "--patience=20", "--precision=float32"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first_run.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=out)
     deadline = time.time() + 240
-    while time.time() < deadline and (not (run / "history.csv").exists() or len(history(run)) < 2):
+    while (process.poll() is None and time.time() < deadline
+           and (not (run / "history.csv").exists() or len(history(run)) < 2)):
         time.sleep(0.2)
     time.sleep(1.0)  # into the next epoch
+    assert process.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     done = len(history(run))

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format
 
+from ecg_tfx.core import compat
 from ecg_tfx.serving.errors import ServingError, invalid_argument, not_found
 from ecg_tfx.serving.rest.json_tensors import (
     INT64_MAX,
@@ -132,8 +132,7 @@ def status_response(model: Model, version: int | None) -> dict:
 
 def metadata_response(model: Model, servable: Servable) -> dict:
     """GetModelMetadataResponse as TF Serving writes it: model_spec plus the SavedModel's signature_def map."""
-    signature_defs = {name: json_format.MessageToDict(signature_def, preserving_proto_field_name=True,
-                                                      including_default_value_fields=True)
+    signature_defs = {name: compat.message_to_dict(signature_def, with_defaults=True)
                       for name, signature_def in servable.signature_defs.items()}
     return {"model_spec": {"name": model.name, "signature_name": "", "version": str(servable.version)},
             "metadata": {"signature_def": {"signature_def": signature_defs}}}

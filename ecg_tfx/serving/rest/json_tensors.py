@@ -15,6 +15,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
+from ecg_tfx.core import compat
 from ecg_tfx.serving.errors import ServingError, invalid_argument
 
 INT64_MAX = 2**63 - 1
@@ -330,7 +331,7 @@ def _example_from_json(value: Any) -> tf.train.Example:
 
 def classify_examples(doc: dict) -> list[bytes]:
     """Serialized tf.Examples of a classify request; `context` features are merged into every example."""
-    context = _example_from_json(doc["context"]).SerializeToString() if "context" in doc else b""
+    context = compat.serialize(_example_from_json(doc["context"])) if "context" in doc else b""
     examples = doc.get("examples")
     if examples is None:
         raise invalid_argument(f"JSON Value: {_quote(doc)} When method is classify, key 'examples' is expected and "
@@ -340,7 +341,7 @@ def classify_examples(doc: dict) -> list[bytes]:
     if not examples:
         raise invalid_argument(f"JSON Value: {_quote(doc)} 'examples' value is an empty array")
     # Concatenated serialized protos parse as their merge, which is how TF Serving applies a context.
-    return [context + _example_from_json(example).SerializeToString() for example in examples]
+    return [context + compat.serialize(_example_from_json(example)) for example in examples]
 
 
 # --- tensors -> JSON --------------------------------------------------------------------------------------------
