@@ -2,9 +2,11 @@
 
 The version holds the SavedModel (`saved_model.pb`, `variables/`, `assets/labels.txt`,
 `assets.extra/tf_serving_warmup_requests`) and, with `tflite`, `tflite/` (float32 and int8 models plus their
-`model_spec.json` and `input_contract.json`) and `export_report.json`. It is written under a hidden temporary
-sibling (TF Serving ignores non-integer names) and moved into place only when everything succeeded, so a local
-version directory is always whole; on gs:// and s3:// (no folder rename) `saved_model.pb` is copied last.
+`model_spec.json` and `input_contract.json`) and `export_report.json`. Whatever precision policy the run trained under, the TFLite models
+compute in float32 (or int8) and the SavedModel in `compute_dtype`, float32 by default (see
+`ecg_tfx.serving.precision`). It is written under a hidden temporary sibling (TF Serving ignores
+non-integer names) and moved into place only when everything succeeded, so a local version directory is always
+whole; on gs:// and s3:// (no folder rename) `saved_model.pb` is copied last.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from absl import logging
 from ecg_tfx.core import storage
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.core.run_folder import RunFolder
+from ecg_tfx.serving.precision import with_compute_dtype
 from ecg_tfx.serving.saved_model import write_saved_model
 from ecg_tfx.serving.tflite import write_tflite
 from ecg_tfx.serving.versions import next_version
@@ -36,15 +39,19 @@ def load_run(run_dir: str) -> tuple[keras.Model, ModelSpec]:
 
 
 def export_run(run_dir: str, export_dir: str, model_name: str = "ecg", version: int | None = None,
-               tflite: bool = False, data_dir: str | None = None) -> str:
+               tflite: bool = False, data_dir: str | None = None, compute_dtype: str = "float32") -> str:
     """Exports a training run to `<export_dir>/<model_name>/<version>/`, whole or not at all; returns that path.
 
-    `tflite` also writes the TFLite models and `export_report.json`, using `data_dir`'s train split to calibrate
-    int8 and its test split to measure agreement with the SavedModel.
+    The SavedModel computes in `compute_dtype` ('float32', or 'bfloat16'/'float16' for a run trained under a mixed
+    policy, for serving hardware with those units). `tflite` also writes the float32-compute TFLite models and
+    `export_report.json`, using `data_dir`'s train split to calibrate int8 and its test split to measure agreement
+    with the SavedModel.
     """
     if tflite and not data_dir:
         raise ValueError("tflite export needs data_dir for representative and agreement windows")
-    model, spec = load_run(run_dir)
+    trained, spec = load_run(run_dir)
+    model = with_compute_dtype(trained, "float32")
+    served = model if compute_dtype == "float32" else with_compute_dtype(trained, compute_dtype)
     model_dir = storage.join(export_dir, model_name)
     version = version or next_version(model_dir)
     final = storage.join(model_dir, str(version))
@@ -53,9 +60,10 @@ def export_run(run_dir: str, export_dir: str, model_name: str = "ecg", version: 
     tf.io.gfile.makedirs(model_dir)
     tmp = storage.temporary_name(final)
     try:
-        write_saved_model(model, spec, tmp, model_name)
+        write_saved_model(served, spec, tmp, model_name)
         if tflite:
             report = write_tflite(model, spec, tmp, data_dir)
+            report["saved_model"]["compute_dtype"] = compute_dtype
             storage.write_json(storage.join(tmp, REPORT_FILE), report)
         storage.publish_dir(tmp, final)
     except BaseException:

@@ -104,7 +104,10 @@ def median_ms(call: Callable[[], object], runs: int = LATENCY_RUNS) -> float:
 
 
 def write_tflite(model: keras.Model, spec: ModelSpec, path: str, data_dir: str) -> dict:
-    """Writes `tflite/model_{float32,int8}.tflite`, `model_spec.json` and `input_contract.json`; returns the report."""
+    """Writes `tflite/model_{float32,int8}.tflite`, `model_spec.json` and `input_contract.json`; returns the report.
+
+    `model` must compute in float32 (`precision.with_compute_dtype`): TFLite has no bf16/fp16 kernels.
+    """
     calibration, _ = read_windows(data_dir, "train", spec, REPRESENTATIVE_WINDOWS)
     windows, serialized = read_windows(data_dir, "test", spec, AGREEMENT_WINDOWS)
     saved = tf.saved_model.load(path).signatures["serve_examples"]
@@ -142,6 +145,15 @@ def write_tflite(model: keras.Model, spec: ModelSpec, path: str, data_dir: str) 
             logging.warning("!!! %s", entry["warning"])
         report["tflite"][kind] = entry
     return report
+
+
+def summary_lines(report: dict) -> list[str]:
+    """One line per TFLite model of an `export_report.json`: size, agreement with the SavedModel, usable."""
+    windows = report["agreement_windows"]
+    return [f"tflite {kind}: {entry['file']} {entry['size_bytes'] / 1e6:.2f} MB ({entry['quantization']}), "
+            f"argmax agreement {entry['argmax_agreement']:.1%} of {windows} {report['agreement_split']} windows, "
+            f"max |dp| {entry['max_abs_prob_diff']:.2g}, {'usable' if entry['usable'] else 'UNUSABLE'}"
+            for kind, entry in report["tflite"].items()]
 
 
 def _convert_with_fallback(saved_model_dir: str, kind: str,
