@@ -1,7 +1,9 @@
 """Exports a training run for TF Serving and, with --tflite, for phones (see `ecg_tfx.serving.exporter`).
 
     python -m ecg_tfx.export --run_dir=workspace/runs/ptb --export_dir=workspace/exports [--model_name=ecg]
-                             [--version=N] [--tflite --data_dir=workspace/tfrecords/ptb]
+                             [--version=N] [--tflite --data_dir=workspace/tfrecords/ptb] [--compute_dtype=float32]
+
+With --tflite it prints one line per TFLite model: size, agreement with the SavedModel and whether it is usable.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import re
 from absl import app, flags
 
 from ecg_tfx.core import storage
-from ecg_tfx.serving.exporter import export_run
+from ecg_tfx.serving.exporter import REPORT_FILE, export_run
+from ecg_tfx.serving.precision import COMPUTE_DTYPES
+from ecg_tfx.serving.tflite import summary_lines
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run folder (model.keras, model_spec.json).")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Base folder; the model goes to <export_dir>/<model_name>/<N>.")
@@ -20,6 +24,10 @@ _VERSION = flags.DEFINE_integer("version", None, "Version number; default: the n
 _TFLITE = flags.DEFINE_bool("tflite", False, "Also write float32 and int8 TFLite models and export_report.json.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted TFRecords: representative (train) and agreement "
                                 "(test) windows for --tflite.")
+_COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", COMPUTE_DTYPES,
+                                   "The SavedModel's compute dtype: float32 runs on every CPU and GPU; bfloat16 "
+                                   "(CPUs with AVX-512 BF16/AMX, TPUs) or float16 (GPUs) need a run trained under a "
+                                   "mixed policy. TFLite models always compute in float32 (or int8).")
 flags.mark_flags_as_required(["run_dir", "export_dir"])
 flags.register_validator("model_name", lambda name: bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)),
                          "--model_name may hold only letters, digits, '_', '.' and '-'")
@@ -31,8 +39,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     path = export_run(_RUN_DIR.value, _EXPORT_DIR.value, _MODEL_NAME.value, _VERSION.value, _TFLITE.value,
-                      _DATA_DIR.value)
+                      _DATA_DIR.value, _COMPUTE_DTYPE.value)
     print(f"wrote {path}")
+    if _TFLITE.value:
+        print("\n".join(summary_lines(storage.read_json(storage.join(path, REPORT_FILE)))))
 
 
 if __name__ == "__main__":
