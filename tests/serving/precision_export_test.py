@@ -1,0 +1,115 @@
+"""Export of runs trained under each precision policy: float32 TFLite always, the SavedModel in its compute dtype."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from ecg_tfx.core import schema
+from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
+from ecg_tfx.core.run_folder import RunFolder
+from ecg_tfx.data import input_pipeline
+from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.models import build_model
+from ecg_tfx.serving.exporter import REPORT_FILE, export_run, load_run
+from ecg_tfx.serving.precision import with_compute_dtype
+from ecg_tfx.serving.tflite import TFLiteRunner, read_windows
+
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+REDUCED = {"bfloat16": tf.bfloat16.as_datatype_enum, "float16": tf.float16.as_datatype_enum}
+TOLERANCE = {"float32": 1e-5, "mixed_float16": 5e-3, "mixed_bfloat16": 3e-2}  # |dp| of a 1-epoch tiny CNN
+
+
+@pytest.fixture(scope="module")
+def policy_run(tiny_conversion, tmp_path_factory):
+    """policy -> a run folder with the tiny CNN fitted one epoch under that global policy (reset afterwards)."""
+    data_dir, manifest = tiny_conversion
+    runs = {}
+
+    def make(policy: str) -> pathlib.Path:
+        if policy not in runs:
+            run_dir = tmp_path_factory.mktemp(f"run_{policy}")
+            spec = manifest.model_spec("cnn", input_seconds=2.5, eval_stride_seconds=2.5)
+            keras.mixed_precision.set_global_policy(policy)
+            try:
+                keras.utils.set_random_seed(0)
+                model = build_model("cnn", len(spec.leads), len(spec.labels), False, spec.sample_rate_hz)
+                model.compile(optimizer="adam", loss="categorical_crossentropy")
+                model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 16, training=False),
+                          epochs=1, verbose=0)
+                model.save(RunFolder(str(run_dir)).model)
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+            spec.save(str(run_dir))
+            runs[policy] = run_dir
+        return runs[policy]
+
+    return make
+
+
+def graph_dtypes(version: pathlib.Path) -> set[int]:
+    """Every dtype enum named by a node attribute of the SavedModel's graph and its functions."""
+    saved_model = saved_model_pb2.SavedModel.FromString((version / "saved_model.pb").read_bytes())
+    graph = saved_model.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+    return {t for node in nodes for attr in node.attr.values() for t in [attr.type, *attr.list.type]}
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_policy_exports_float32_tflite_and_a_float32_saved_model(policy, policy_run, tiny_conversion,
+                                                                       tmp_path):
+    data_dir, _ = tiny_conversion
+    run_dir = policy_run(policy)
+    trained, spec = load_run(str(run_dir))
+    assert trained.layers[1].compute_dtype == policy.replace("mixed_", "")
+    version = pathlib.Path(export_run(str(run_dir), str(tmp_path), tflite=True, data_dir=str(data_dir)))
+    report = json.loads((version / REPORT_FILE).read_text())
+    assert report["saved_model"]["compute_dtype"] == "float32"
+    assert not graph_dtypes(version) & set(REDUCED.values())
+    windows, serialized = read_windows(str(data_dir), "test", spec, 8)
+    saved = tf.saved_model.load(str(version)).signatures["serve_examples"]
+    served = saved(examples=tf.constant(serialized))["probabilities"].numpy()
+    for kind, entry in report["tflite"].items():
+        runner = TFLiteRunner((version / entry["file"]).read_bytes())
+        dtypes = {np.dtype(d["dtype"]).name for d in runner.interpreter.get_tensor_details()}
+        assert not dtypes & set(REDUCED), (kind, dtypes)
+        assert entry["usable"] or kind == "int8"
+    float32 = report["tflite"]["float32"]
+    assert float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
+    tflite = np.concatenate([TFLiteRunner((version / float32["file"]).read_bytes())(w[None]) for w in windows])
+    np.testing.assert_allclose(tflite, served, atol=1e-4)
+    np.testing.assert_array_equal(tflite.argmax(-1), served.argmax(-1))
+    # The float32 export computes what the trained (mixed) model computes, up to its rounding.
+    signal = schema.parse_examples(tf.constant(serialized), spec.window_samples, len(spec.leads))["signal"]
+    mixed = window_probabilities(trained, preprocess(signal, spec.preprocessing), spec).numpy()
+    np.testing.assert_allclose(served, mixed, atol=TOLERANCE[policy])
+
+
+def test_bfloat16_compute_stays_within_bf16_rounding_of_float32(policy_run, tiny_conversion, tmp_path):
+    data_dir, _ = tiny_conversion
+    run_dir = policy_run("mixed_bfloat16")
+    spec = ModelSpec.load(str(run_dir))
+    _, serialized = read_windows(str(data_dir), "test", spec, 8)
+    outputs = {}
+    for compute_dtype in ("float32", "bfloat16"):
+        version = pathlib.Path(export_run(str(run_dir), str(tmp_path / compute_dtype), compute_dtype=compute_dtype))
+        assert (REDUCED["bfloat16"] in graph_dtypes(version)) == (compute_dtype == "bfloat16")
+        saved = tf.saved_model.load(str(version)).signatures["serve_examples"]
+        outputs[compute_dtype] = saved(examples=tf.constant(serialized))["probabilities"].numpy()
+    np.testing.assert_allclose(outputs["bfloat16"], outputs["float32"], atol=TOLERANCE["mixed_bfloat16"])
+    assert np.abs(outputs["bfloat16"] - outputs["float32"]).max() > 0  # it did compute in bf16
+
+
+def test_float16_run_exports_bfloat16_compute_and_float32_runs_refuse_it(policy_run):
+    fp16, _ = load_run(str(policy_run("mixed_float16")))
+    bf16 = with_compute_dtype(fp16, "bfloat16")
+    assert {layer.dtype_policy.name for layer in bf16.layers[1:]} == {"mixed_bfloat16", "float32"}
+    assert bf16.layers[-1].compute_dtype == "float32"  # the probability output stays pinned
+    with pytest.raises(ValueError, match="trained under float32"):
+        with_compute_dtype(load_run(str(policy_run("float32")))[0], "bfloat16")
