@@ -2,11 +2,11 @@
 
 The version holds the SavedModel (`saved_model.pb`, `variables/`, `assets/labels.txt`,
 `assets.extra/tf_serving_warmup_requests`) and, with `tflite`, `tflite/` (float32 and int8 models plus their
-`model_spec.json` and `input_contract.json`) and `export_report.json`. Whatever precision policy the run trained under, the TFLite models
-compute in float32 (or int8) and the SavedModel in `compute_dtype`, float32 by default (see
-`ecg_tfx.serving.precision`). It is written under a hidden temporary sibling (TF Serving ignores
-non-integer names) and moved into place only when everything succeeded, so a local version directory is always
-whole; on gs:// and s3:// (no folder rename) `saved_model.pb` is copied last.
+`model_spec.json` and `input_contract.json`) and `export_report.json`. Whatever precision policy the run trained
+under, the TFLite models compute in float32 (or int8) and the SavedModel in `compute_dtype`, float32 by default
+(see `ecg_tfx.serving.precision`). It is written under a hidden temporary sibling (TF Serving ignores non-integer
+names) and moved into place only when everything succeeded, so a local version directory is always whole; on
+gs:// and s3:// (no folder rename) `saved_model.pb` is copied last.
 """
 
 from __future__ import annotations
