@@ -23,11 +23,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 
-demo: install  ## convert, train, evaluate, export (SavedModel + TFLite) the synthetic demo, diagnose a recording
+demo: install  ## convert, train, evaluate and export the synthetic demo, then diagnose a fresh recording
 	$(PY) -m ecg_tfx.train --flagfile=pipelines/$(PIPELINE).flags \
-		--data_dir=$(WORKSPACE)/tfrecords/$(PIPELINE) --run_dir=$(WORKSPACE)/runs/$(PIPELINE) --export=false
-	$(PY) -m ecg_tfx.export --run_dir=$(WORKSPACE)/runs/$(PIPELINE) --export_dir=$(WORKSPACE)/runs/$(PIPELINE)/export \
-		--tflite --data_dir=$(WORKSPACE)/tfrecords/$(PIPELINE)
+		--data_dir=$(WORKSPACE)/tfrecords/$(PIPELINE) --run_dir=$(WORKSPACE)/runs/$(PIPELINE)
 	$(PY) -m ecg_tfx.make_sample --condition=atrial_fibrillation --output=$(WORKSPACE)/samples/af
 	$(PY) -m ecg_tfx.predict --model=$(WORKSPACE)/runs/$(PIPELINE)/export/ecg $(WORKSPACE)/samples/af.hea
 

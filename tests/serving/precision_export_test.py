@@ -28,7 +28,7 @@ TOLERANCE = {"float32": 1e-5, "mixed_float16": 5e-3, "mixed_bfloat16": 3e-2}  # 
 
 @pytest.fixture(scope="module")
 def policy_run(tiny_conversion, tmp_path_factory):
-    """policy -> a run folder with the tiny CNN fitted one epoch under that global policy (reset afterwards)."""
+    """policy -> a run folder with the tiny CNN fitted one step under that global policy (reset afterwards)."""
     data_dir, manifest = tiny_conversion
     runs = {}
 
@@ -41,8 +41,9 @@ def policy_run(tiny_conversion, tmp_path_factory):
                 keras.utils.set_random_seed(0)
                 model = build_model("cnn", len(spec.leads), len(spec.labels), False, spec.sample_rate_hz)
                 model.compile(optimizer="adam", loss="categorical_crossentropy")
+                # One step: enough to save a trained mixed model (float16 has no fast kernels on a CPU).
                 model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 16, training=False),
-                          epochs=1, verbose=0)
+                          epochs=1, steps_per_epoch=1, verbose=0)
                 model.save(RunFolder(str(run_dir)).model)
             finally:
                 keras.mixed_precision.set_global_policy("float32")
