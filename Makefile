@@ -12,6 +12,8 @@ endif
 CONSTRAINTS := $(if $(filter current,$(STACK)),constraints-current.txt,constraints.txt)
 PY := $(VENV)/bin/python
 PIPELINE ?= synthetic_quick
+# pytest-xdist processes: serially the suite keeps about 1.2 of 2 cores busy (subprocesses, TF start-up, Python).
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test suite lint bench bench-precision clean
 
@@ -35,7 +37,7 @@ test:  ## the whole suite on both stacks, and the demo on the current one (CI ru
 
 suite: install  ## lint and the whole suite on one stack (on STACK=current the s3:// tests skip: they need TF 2.16-2.17)
 	$(PY) -m ruff check ecg_tfx tests
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: install
 	$(PY) -m ruff check ecg_tfx tests
