@@ -104,7 +104,7 @@ def test_errors_raise_serving_error_with_status_and_message(rest):
     assert error.value.status == 404 and error.value.message == "Could not find any versions of model nope"
     ecg = np.zeros((1, 300, 12), np.float32)
     ecg[0, 5, 5] = np.inf
-    with pytest.raises(client.ServingError, match="non-finite") as error:
+    with pytest.raises(client.ServingError, match=r"ecg must hold finite numbers only \(no NaN or Infinity\)") as error:
         rest.predict(ecg, 100)
     assert error.value.status == 400
     with pytest.raises(client.ServingError, match="must share one sample_rate") as error:

@@ -195,7 +195,7 @@ def test_our_rest_server_answers_400_with_the_message_and_keeps_serving(tiny_exp
     model = Model.load("ecg", str(tiny_export["version"].parent))
     with Server({"ecg": model}) as server:
         rest = client.RestClient(server.url, "ecg")
-        for name in ("rate_1_hz", "rate_999983_hz", "rate_not_whole", "one_sample", "just_too_long"):
+        for name in ("rate_1_hz", "rate_999983_hz", "rate_not_whole", "one_sample", "just_too_long", "nan", "inf"):
             (batch, time, rate, bad), message = ECG_VIOLATIONS[name]
             with pytest.raises(client.ServingError) as error:
                 rest.predict(make_ecg(batch, time, bad), rate)

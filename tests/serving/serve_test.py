@@ -252,7 +252,7 @@ BAD_REQUESTS = {
     "wrong_shape": ("POST", "/v1/models/ecg:predict", columnar(ECG[:, :, :11]), 400,
                     "must have shape [-1, -1, 12] (-1: any size), got [1, 50, 11]"),
     "nan": ("POST", "/v1/models/ecg:predict", json.dumps(columnar(NAN_ECG)), 400,
-            "input 'ecg' holds 1 non-finite value(s)"),
+            "ecg must hold finite numbers only (no NaN or Infinity)"),
     "model_assertion": ("POST", "/v1/models/ecg:predict", columnar(ECG, rate=-1.0), 400,
                         "sample_rate must be positive"),
     "unparsable_example": ("POST", "/v1/models/ecg:predict", {"signature_name": "serve_examples",
