@@ -94,7 +94,7 @@ def _clipping(x: tf.Tensor, rate: float) -> tuple[tf.Tensor, tf.Tensor]:
     top = tf.reduce_max(x, axis=1, keepdims=True)
     bottom = tf.reduce_min(x, axis=1, keepdims=True)
     reach = CLIP_MIN_DEPARTURE * (top - bottom)
-    run = _samples(CLIP_RUN_S, rate)
+    run = max(2, _samples(CLIP_RUN_S, rate))  # a single sample is no run (at 100 Hz, 10 ms is one)
     runs, seconds = [], []
     for at_extreme in ((x >= top - CLIP_TOLERANCE_MV) & (top - mean >= reach),
                        (x <= bottom + CLIP_TOLERANCE_MV) & (mean - bottom >= reach)):

@@ -22,8 +22,9 @@ PTB_RECORD = "patient001/s0010_re"
 DURATION_S = 10
 
 
-def read_ptbxl(ptbxl_dir: pathlib.Path, ecg_id: int) -> tuple[np.ndarray, float]:
-    record = wfdb.rdrecord(str(ptbxl_dir / "records500" / f"{ecg_id // 1000 * 1000:05d}" / f"{ecg_id:05d}_hr"))
+def read_ptbxl(ptbxl_dir: pathlib.Path, ecg_id: int, rate: int = 500) -> tuple[np.ndarray, float]:
+    kind = "hr" if rate == 500 else "lr"
+    record = wfdb.rdrecord(str(ptbxl_dir / f"records{rate}" / f"{ecg_id // 1000 * 1000:05d}" / f"{ecg_id:05d}_{kind}"))
     return record.p_signal.astype(np.float32), float(record.fs)
 
 
@@ -91,6 +92,16 @@ def test_clean_records_pass_with_their_heart_rate(records) -> None:
         beats = wfdb.processing.xqrs_detect(lead_ii, fs=500, verbose=False)
         reference_bpm = 60.0 * 500 * (len(beats) - 1) / (beats[-1] - beats[0])
         assert result["heart_rate_bpm"] == pytest.approx(reference_bpm, rel=0.03), name
+
+
+def test_clean_records_at_100_hz_pass(ptbxl_dir: pathlib.Path) -> None:
+    """PTB-XL's 100-Hz versions: mains lies at or above Nyquist there, and a clipped run needs two samples."""
+    for ecg_id in PTBXL_IDS:
+        signal, rate = read_ptbxl(ptbxl_dir, ecg_id, rate=100)
+        result = quality(signal, rate)
+        assert flagged(result) == set() and not result["unreadable"], ecg_id
+        assert result["heart_rate_bpm"] == pytest.approx(quality(*read_ptbxl(ptbxl_dir, ecg_id))["heart_rate_bpm"],
+                                                         rel=0.03)
 
 
 @pytest.mark.parametrize("fault", CHECKS)
@@ -169,6 +180,8 @@ def test_tflite_builtins_compute_the_same_flags(records, tmp_path: pathlib.Path)
     assert set(got) == set(want)
     for name, value in want.items():
         assert got[name].dtype == value.dtype, name
-        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+        # Float rounding may move an R peak on an MWI plateau by a sample: 1 in the ~4000 between first and last.
+        rtol = 1e-3 if name.endswith("heart_rate_bpm") else 1e-4
+        np.testing.assert_allclose(got[name], value, rtol=rtol, atol=1e-6, err_msg=name)
     assert flagged({name: value[0] for name, value in got.items()}) == {
         (0, "flat"), (5, "powerline_noise"), (8, "clipped"), (10, "emg_noise")}
