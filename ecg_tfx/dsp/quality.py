@@ -54,6 +54,7 @@ BASELINE_TRAVEL_MV = 3.0  # more than a large QRS within 1 s (clean leads: 99th 
 MIN_HEART_RATE_BPM = 30.0  # below sustained human rhythms (complete heart block escapes at 30-40)
 MAX_HEART_RATE_BPM = 240.0  # above sustained tachycardias; the 200-ms refractory period caps detection at 300
 UNREADABLE_BAD_LEAD_FRACTION = 0.25
+PEAK_STEP_S = 0.01  # R peaks are located to 10 ms: 0.1% of the rate over 10 s, at a cost independent of the rate
 _MWI_S = 0.150
 _REFRACTORY_S = 0.200
 _PEAK_THRESHOLD = 0.3
@@ -99,7 +100,8 @@ def _clipping(x: tf.Tensor, rate: float) -> tuple[tf.Tensor, tf.Tensor]:
     for at_extreme in ((x >= top - CLIP_TOLERANCE_MV) & (top - mean >= reach),
                        (x <= bottom + CLIP_TOLERANCE_MV) & (mean - bottom >= reach)):
         at = tf.cast(at_extreme, tf.float32)
-        whole = -_pool(-at, "MAX", run, "VALID")  # 1 where `run` samples in a row start
+        count = tf.cumsum(tf.pad(at, [[0, 0], [1, 0], [0, 0]]), axis=1)  # exact: integers below 2**24
+        whole = tf.cast(count[:, run:, :] - count[:, :-run, :] >= run, tf.float32)  # `run` in a row start here
         starts = whole[:, 0, :] + tf.reduce_sum(tf.nn.relu(whole[:, 1:, :] - whole[:, :-1, :]), axis=1)
         runs.append(starts)
         seconds.append(tf.reduce_sum(at, axis=1) / rate)
@@ -152,11 +154,15 @@ def _baseline_travel_mv(x: tf.Tensor, rate: float) -> tf.Tensor:
 
 
 def _heart_rate_bpm(x: tf.Tensor, rate: float) -> tf.Tensor:
-    """[B, L]: 60 / mean RR of the R peaks detected in each lead (0 with fewer than two peaks)."""
+    """[B, L]: 60 / mean RR of the R peaks detected in each lead (0 with fewer than two peaks).
+
+    The moving mean is taken every PEAK_STEP_S: peaks are then found on a 100-Hz envelope whatever the rate.
+    """
     derivative = (x[:, 2:, :] - x[:, :-2, :]) * 0.5
-    mwi = _pool(tf.square(derivative), "AVG", _samples(_MWI_S, rate) | 1)
-    refractory = _samples(_REFRACTORY_S, rate)
-    # Ties go to the first sample: strictly above everything in the refractory period before it.
+    step = _samples(PEAK_STEP_S, rate)
+    mwi = tf.nn.pool(tf.square(derivative), [_samples(_MWI_S, rate)], "AVG", strides=[step], padding="SAME")
+    refractory = _samples(_REFRACTORY_S, rate / step)
+    # Ties go to the first step: strictly above everything in the refractory period before it.
     left_max = _pool(tf.pad(mwi, [[0, 0], [refractory, 0], [0, 0]]), "MAX", refractory, "VALID")[:, :-1, :]
     threshold = _PEAK_THRESHOLD * tf.reduce_max(mwi, axis=1, keepdims=True) + _EPS
     is_peak = (mwi >= _pool(mwi, "MAX", 2 * refractory + 1)) & (mwi > left_max) & (mwi > threshold)
@@ -165,7 +171,7 @@ def _heart_rate_bpm(x: tf.Tensor, rate: float) -> tf.Tensor:
     first = tf.reduce_min(tf.where(is_peak, position, tf.float32.max), axis=1)
     last = tf.reduce_max(position * peaks, axis=1)
     intervals = tf.reduce_sum(peaks, axis=1) - 1.0
-    return tf.where(intervals > 0, 60.0 * rate * intervals / tf.maximum(last - first, 1.0), 0.0)
+    return tf.where(intervals > 0, 60.0 * rate / step * intervals / tf.maximum(last - first, 1.0), 0.0)
 
 
 def _median_over_leads(values: tf.Tensor) -> tf.Tensor:

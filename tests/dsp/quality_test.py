@@ -77,8 +77,8 @@ def inject(lead: np.ndarray, fault: str, rate: float, strength: float = 1.0) -> 
         return lead + strength * rms * np.sqrt(2) * np.sin(2 * np.pi * 50.0 * t + 0.3)
     if fault == "emg_noise":  # muscle noise, 20-150 Hz, with the lead's own RMS times `strength`
         return lead + strength * rms * band_noise(len(lead), rate, (20.0, 150.0), seed=7)
-    if fault == "baseline_artefact":  # two 4-mV electrode shifts
-        return lead + motion(len(lead), rate, 4.0 * strength)
+    if fault == "baseline_artefact":  # two 5-mV electrode shifts
+        return lead + motion(len(lead), rate, 5.0 * strength)
     raise ValueError(fault)
 
 
@@ -117,8 +117,8 @@ def test_each_fault_is_flagged_on_its_lead_only(records, fault: str) -> None:
 
 @pytest.mark.parametrize("fault", ["flat", "powerline_noise", "emg_noise", "baseline_artefact"])
 def test_a_mild_disturbance_passes(records, fault: str) -> None:
-    """A lead at a third of its voltage, a hum or EMG at a tenth of its RMS (-20 dB), two 1-mV electrode shifts."""
-    strength = {"flat": 2 / 3, "powerline_noise": 0.1, "emg_noise": 0.1, "baseline_artefact": 0.25}[fault]
+    """A lead at a third of its voltage, a hum or EMG at a tenth of its RMS (-20 dB), two 1.5-mV electrode shifts."""
+    strength = {"flat": 2 / 3, "powerline_noise": 0.1, "emg_noise": 0.1, "baseline_artefact": 0.3}[fault]
     for name, (signal, rate) in records.items():
         disturbed = signal.copy()
         disturbed[:, 4] = inject(signal[:, 4], fault, rate, strength)
@@ -180,8 +180,8 @@ def test_tflite_builtins_compute_the_same_flags(records, tmp_path: pathlib.Path)
     assert set(got) == set(want)
     for name, value in want.items():
         assert got[name].dtype == value.dtype, name
-        # Float rounding may move an R peak on an MWI plateau by a sample: 1 in the ~4000 between first and last.
-        rtol = 1e-3 if name.endswith("heart_rate_bpm") else 1e-4
+        # Rounding may move an R peak on a flat envelope by one 10-ms step: 1 in the ~900 between first and last.
+        rtol = 2e-3 if name.endswith("heart_rate_bpm") else 1e-4
         np.testing.assert_allclose(got[name], value, rtol=rtol, atol=1e-6, err_msg=name)
     assert flagged({name: value[0] for name, value in got.items()}) == {
         (0, "flat"), (5, "powerline_noise"), (8, "clipped"), (10, "emg_noise")}
