@@ -19,9 +19,13 @@ A flat lead is flagged as flat only; `bad_lead` is any flag. Spectra are Welch e
 Per record: `heart_rate_bpm` is the median over leads of an R-peak rate; the record is `unreadable` when that
 rate is outside [MIN_HEART_RATE_BPM, MAX_HEART_RATE_BPM] or when at least UNREADABLE_BAD_LEAD_FRACTION of its
 leads are bad (12 leads: 3, as one loose limb electrode spoils 3-5 limb leads; one lead: that one). R peaks
-follow the `features` model's Pan-Tompkins idea: squared central derivative, 150-ms moving mean, a peak where
-that is the maximum within +-200 ms and above 30% of the lead's largest value. A single lead's rate is too
-fragile to flag the lead (one step artefact hides every beat under the 30% threshold): the median is robust.
+follow the `features` model's Pan-Tompkins idea: squared central derivative, 150-ms moving mean (taken every
+10 ms), a peak where that is the maximum within +-200 ms and above 30% of the lead's largest value. A single
+lead's rate is too fragile to flag the lead (one step artefact hides every beat under the 30% threshold); the
+median over leads is robust to a few such leads.
+
+Mains and EMG are judged relative to the lead's own ECG power, flatness and motion in absolute mV. Choose
+`sample_rate_hz` as the signal's own rate: resampled to 100 Hz, a signal has lost its mains and most of its EMG.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import tensorflow as tf
+from graph_ops import stock_op_types
 
 from ecg_tfx.dsp.quality import CHECKS, signal_quality
 
@@ -159,6 +160,21 @@ def test_unannotated_test_fold_records_raise_no_alarm(ptbxl_dir: pathlib.Path) -
               for row, alarm in zip(rows, alarmed) if alarm}
     assert alarms, "the gate flagged nothing, not even the noisy records"
     assert all(alarms.values()), alarms
+
+
+def test_a_batch_of_any_length_gives_each_record_its_own_result(records) -> None:
+    """Traced for [None, None, 12] with stock ops only; a batch equals its records one by one (no leak between)."""
+    gate = tf.function(lambda ecg: signal_quality(ecg, 500.0))
+    concrete = gate.get_concrete_function(tf.TensorSpec([None, None, 12], tf.float32))
+    assert not [op for op in stock_op_types(concrete) if not hasattr(tf.raw_ops, op)]
+    first, second = records["ptbxl/3"][0][:4000].copy(), records["ptbxl/14"][0][:4000].copy()
+    second[:, 7] = 0.0
+    batch = {name: value.numpy() for name, value in concrete(tf.constant(np.stack([first, second]))).items()}
+    for index, signal in enumerate((first, second)):
+        alone = quality(signal, 500.0)
+        for name, value in alone.items():
+            np.testing.assert_allclose(batch[name][index], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert flagged({name: value[1] for name, value in batch.items()}) == {(7, "flat")}
 
 
 def test_tflite_builtins_compute_the_same_flags(records, tmp_path: pathlib.Path) -> None:
