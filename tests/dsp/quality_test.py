@@ -126,6 +126,14 @@ def test_a_mild_disturbance_passes(records, fault: str) -> None:
         assert flagged(quality(disturbed, rate)) == set(), name
 
 
+@pytest.mark.parametrize("lost_fraction, flat", [(0.6, True), (0.3, False)])
+def test_a_lead_lost_part_way_is_flat_when_lost_for_half_the_record(records, lost_fraction: float, flat: bool) -> None:
+    for name, (signal, rate) in records.items():
+        lost = signal.copy()
+        lost[int(len(lost) * (1 - lost_fraction)) :, 6] = 0.0
+        assert flagged(quality(lost, rate)) == ({(6, "flat")} if flat else set()), name
+
+
 def test_three_bad_leads_of_twelve_make_a_record_unreadable(records) -> None:
     signal, rate = records["ptbxl/3"]
     disconnected = signal.copy()
