@@ -1,6 +1,6 @@
 """False alarms of the signal-quality gate (`ecg_tfx.dsp.quality`) on the shared real records.
 
-    python bench/quality_gate.py            # prints a markdown table (~30 s on 2 cores)
+    python bench/quality_gate.py            # prints a markdown table (about a minute on 2 busy cores)
 
 Every record is taken as it is: an alarm is a record with a flagged lead or an `unreadable` verdict. PTB-XL's
 annotators noted baseline drift, static or burst noise and electrode problems on some records
