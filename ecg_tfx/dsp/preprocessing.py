@@ -4,7 +4,8 @@
 low-pass and a power-line notch) and then per-lead standardization. The taps are designed once with
 `scipy.signal.firwin` at Python time and baked into the graph as constants; applying them needs only
 `tf.gather` (odd-reflection padding), `tf.signal.rfft`/`irfft` (FFT convolution) and elementwise ops, so TF Serving
-runs exactly what training ran, for any batch size and window length.
+runs exactly what training ran, for any batch size and window length. TFLite has no inverse FFT, so its models
+compute the same FIR with forward real FFTs only (method "rfft_only", TFLite's RFFT2D builtin).
 
 Cost: a 0.5 Hz high-pass at 500 Hz needs 2235 taps; FFT convolution makes that one 8192-point real FFT pair
 per lead for a 10 s window instead of ~11 M multiply-adds per lead for direct convolution. Measured on a
@@ -91,8 +92,9 @@ def _fir_taps_cached(
 def preprocess(signal: tf.Tensor, config: PreprocessConfig, method: str = "fft") -> tf.Tensor:
     """Filters and standardizes float `signal` [batch, time, leads] (mV); returns float32, same shape.
 
-    `method` only chooses how the same FIR is computed: "fft" (fast; training and the SavedModel) or
-    "direct" (a plain convolution, for TFLite, which has no inverse FFT).
+    `method` only chooses how the same FIR is computed: "fft" (fast; training and the SavedModel), "rfft_only"
+    (as fast, with forward real FFTs only: TFLite's RFFT2D builtin, as TFLite has no inverse FFT) or "direct" (a
+    plain convolution, the slow reference).
     """
     signal = tf.cast(tf.convert_to_tensor(signal), tf.float32)
     taps = fir_taps(config)
@@ -129,9 +131,40 @@ def fir_filter(signal: tf.Tensor, taps: np.ndarray, method: str = "fft") -> tf.T
         taps_spectrum = tf.signal.rfft(tf.constant(taps, tf.float32), [fft_length])
         filtered = tf.signal.irfft(tf.signal.rfft(padded, [fft_length]) * taps_spectrum, [fft_length])
         filtered = filtered[..., num_taps - 1 : num_taps - 1 + length]
+    elif method == "rfft_only":
+        filtered = _filter_with_forward_rffts(padded, taps)
     else:
-        raise ValueError(f"method must be 'fft' or 'direct', got {method!r}")
+        raise ValueError(f"method must be 'fft', 'rfft_only' or 'direct', got {method!r}")
     return tf.transpose(filtered + mean * float(np.sum(taps)), [0, 2, 1])
+
+
+def _filter_with_forward_rffts(padded: tf.Tensor, taps: np.ndarray) -> tf.Tensor:
+    """The 'valid' FIR outputs of `padded` [..., time + len(taps) - 1] (static time), by two forward real FFTs.
+
+    The symmetric taps, centred circularly, have a real spectrum G, so the filtered spectrum is Z = P G (P the
+    padded signal's). Its inverse comes from the Hartley transform, which is its own inverse up to 1/N: with
+    h[k] = Re Z[k] - Im Z[k] (and h[N - k] = Re Z[k] + Im Z[k], by Hermitian symmetry), F = rfft(h) gives
+    y[n] = (Re F[n] - Im F[n]) / N and y[N - n] = (Re F[n] + Im F[n]) / N for n in [0, N/2]. G / N is computed
+    in float64 at trace time, hence the static length (TFLite's RFFT2D takes a constant FFT length anyway).
+    """
+    padded_length = padded.shape[-1]
+    if padded_length is None:
+        raise ValueError("method 'rfft_only' needs a static time length")
+    num_taps = len(taps)
+    half = (num_taps - 1) // 2
+    fft_length = 1 << (padded_length - 1).bit_length()
+    centred = np.zeros(fft_length)
+    centred[: half + 1], centred[fft_length - half :] = taps[half:], taps[:half]
+    gain = tf.constant(np.fft.rfft(centred).real / fft_length, tf.float32)  # G / N over the N/2 + 1 bins
+
+    def hartley_pair(real: tf.Tensor, imag: tf.Tensor) -> tf.Tensor:
+        """[Re - Im over bins 0..N/2, then Re + Im over bins N/2-1..1]: N real values."""
+        return tf.concat([real - imag, tf.reverse((real + imag)[..., 1:-1], [-1])], axis=-1)
+
+    spectrum = tf.signal.rfft(padded, [fft_length])
+    filtered = tf.signal.rfft(hartley_pair(tf.math.real(spectrum) * gain, tf.math.imag(spectrum) * gain))
+    circular = hartley_pair(tf.math.real(filtered), tf.math.imag(filtered))
+    return circular[..., half : padded_length - half]
 
 
 def _odd_reflect_pad(rows: tf.Tensor, pad: int) -> tf.Tensor:

@@ -37,8 +37,8 @@ def save_window_model(model: keras.Model, spec: ModelSpec, path: str) -> None:
     archive.track(model)
     archive.add_endpoint(
         "serving_default",
-        lambda ecg: {"probabilities": window_probabilities(  # TFLite has no inverse FFT: the same FIR, direct
-            model, preprocess(ecg, spec.preprocessing, method="direct"), spec)},
+        lambda ecg: {"probabilities": window_probabilities(  # TFLite has no inverse FFT: the same FIR, forward FFTs
+            model, preprocess(ecg, spec.preprocessing, method="rfft_only"), spec)},
         input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32, name="ecg")])
     archive.write_out(path, verbose=False)
 

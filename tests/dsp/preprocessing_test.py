@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.signal
 import tensorflow as tf
-from graph_ops import stock_op_types
+from graph_ops import stock_op_types, tflite_op_names
 
 from ecg_tfx.dsp.preprocessing import PreprocessConfig, fir_taps, preprocess
 
@@ -71,12 +71,50 @@ def test_baseline_wander_removed_and_qrs_kept(ptb_window: np.ndarray) -> None:
     ids=["highpass", "band+notch", "notch-only", "100Hz"],
 )
 @pytest.mark.parametrize("length", [5000, 700, 3])  # 700 and 3: shorter than the pad at 500 Hz
-@pytest.mark.parametrize("method", ["fft", "direct"])  # direct: the same filter as TFLite computes it
+@pytest.mark.parametrize("method", ["fft", "rfft_only", "direct"])  # rfft_only: as TFLite computes it
 def test_equals_scipy_reference(config: PreprocessConfig, length: int, method: str) -> None:
     x = np.random.default_rng(length).normal(size=(2, length, 3)) + 2.0  # offset: edge handling matters
     expected, scale = scipy_reference(x, fir_taps(config))
-    tolerance = 1e-6 if method == "fft" else 5e-6  # direct: float32 sums of ~2000 products
+    tolerance = 5e-6 if method == "direct" else 1e-6  # direct: float32 sums of ~2000 products
     np.testing.assert_allclose(preprocess(x, config, method).numpy(), expected, atol=tolerance * scale)
+
+
+def ptbxl_windows(ptbxl_dir: pathlib.Path, rate: int, count: int = 8) -> np.ndarray:
+    """The first `count` PTB-XL records' 10 s, 12 leads at `rate` (500 or 100 Hz), in mV: [count, 10 rate, 12]."""
+    wfdb = pytest.importorskip("wfdb")
+    folder, suffix = ("records500", "hr") if rate == 500 else ("records100", "lr")
+    return np.stack([wfdb.rdrecord(str(ptbxl_dir / folder / "00000" / f"{i:05d}_{suffix}")).p_signal
+                     for i in range(1, count + 1)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("config", [PreprocessConfig(500), PreprocessConfig(100),
+                                    PreprocessConfig(500, lowpass_hz=40, powerline_hz=50)],
+                         ids=["500Hz", "100Hz", "500Hz-band+notch"])
+def test_tflite_builtin_preprocessing_equals_training_on_ptbxl(ptbxl_dir: pathlib.Path,
+                                                               config: PreprocessConfig) -> None:
+    """What the TFLite export runs (method 'rfft_only' in the TFLite interpreter) is training's preprocessing."""
+    windows = ptbxl_windows(ptbxl_dir, int(config.sample_rate_hz))
+    function = tf.function(lambda ecg: preprocess(ecg, config, "rfft_only"),
+                           input_signature=[tf.TensorSpec(windows.shape, tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    content = converter.convert()
+    ops = tflite_op_names(content)
+    assert "RFFT2D" in ops and "CONV_2D" not in ops  # filtered by FFT, not by a ~1000-tap convolution
+    assert not [op for op in ops if op.startswith("CUSTOM")]  # no Flex or custom op
+    interpreter = tf.lite.Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], windows)
+    interpreter.invoke()
+    filtered = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    training = preprocess(windows, config).numpy()  # rfft/irfft: the tf.data pipeline and the SavedModel
+    np.testing.assert_allclose(filtered, training, rtol=0, atol=1e-4)  # standardized units (per-lead sd = 1)
+
+
+def test_rfft_only_needs_a_static_time_length() -> None:
+    function = tf.function(lambda x: preprocess(x, PreprocessConfig(RATE), "rfft_only"))
+    with pytest.raises(ValueError, match="static time length"):
+        function.get_concrete_function(tf.TensorSpec([1, None, 12], tf.float32))
 
 
 def test_notch_and_lowpass_attenuate_interference() -> None:

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from graph_ops import tflite_op_names
 from plain_tf import run_plain_tf
 from tensorflow_serving.apis import prediction_log_pb2
 
@@ -210,6 +211,20 @@ def test_tflite_models_agree_with_the_saved_model(tiny_export, spec):
     serve_examples = tf.saved_model.load(str(tiny_export["version"])).signatures["serve_examples"]
     saved = serve_examples(examples=tf.constant(examples))
     np.testing.assert_allclose(runner(windows), saved["probabilities"].numpy(), atol=1e-4)
+
+
+def test_tflite_models_are_builtin_only_and_filter_by_fft(tiny_export, spec):
+    """Every exported TFLite model runs on the stock runtime (no Flex/custom op) and filters through RFFT2D."""
+    report = json.loads((tiny_export["version"] / REPORT_FILE).read_text())
+    for entry in report["tflite"].values():
+        ops = tflite_op_names((tiny_export["version"] / entry["file"]).read_bytes())
+        assert "RFFT2D" in ops and not [op for op in ops if op.startswith("CUSTOM")], (entry["file"], ops)
+    # The float32 model equals the SavedModel on every test window (the report's windows).
+    runner = TFLiteRunner((tiny_export["version"] / report["tflite"]["float32"]["file"]).read_bytes())
+    windows, examples = read_windows(str(tiny_export["data"]), "test", spec, report["agreement_windows"])
+    saved = tf.saved_model.load(str(tiny_export["version"])).signatures["serve_examples"]
+    np.testing.assert_allclose(np.concatenate([runner(window[None]) for window in windows]),
+                               saved(examples=tf.constant(examples))["probabilities"].numpy(), rtol=0, atol=1e-5)
 
 
 def test_failed_export_leaves_no_version_and_versions_count_up(tiny_export, tmp_path):
