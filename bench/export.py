@@ -8,6 +8,8 @@ sliding 2.5-s crops, the CNN, the mean over crops):
 - tflite_float32 / tflite_int8: the exported TFLite window models through `serving.tflite.TFLiteRunner` (1 thread, as
   exported; batch 32 = 32 invocations, since the TFLite models take one window).
 Agreement: argmax agreement and the largest probability difference with the Keras path on every converted window.
+The preprocessing alone is timed too (`preprocessing_only`): the TFLite models' forward-FFT FIR, the former direct
+FIR, and TensorFlow's rfft/irfft as the SavedModel runs it.
 """
 
 from __future__ import annotations
@@ -63,18 +65,24 @@ def predictors(version: str, run_dir: str, spec) -> dict:
             "tflite_float32": tflite("float32"), "tflite_int8": tflite("int8")}
 
 
-def fir_only(spec):
-    """The TFLite models' preprocessing alone (the direct FIR + standardization) as a TFLite model, 1 thread."""
+def preprocessing_only(spec) -> dict:
+    """The preprocessing alone, batch 1, three ways: the TFLite models' (forward-FFT FIR, `rfft_only`), the former
+    TFLite one (the direct FIR), both as TFLite models on 1 thread, and TensorFlow's rfft/irfft (the SavedModel's)."""
     import tensorflow as tf
 
     from ecg_tfx.dsp.preprocessing import preprocess
     from ecg_tfx.serving.tflite import TFLiteRunner
 
-    function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing, method="direct"),
-                           input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32)])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
-    runner = TFLiteRunner(converter.convert())
-    return lambda windows: np.concatenate([runner(window[None]) for window in windows])
+    signature = [tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32)]
+    forms = {}
+    for method in ("rfft_only", "direct"):
+        function = tf.function(lambda ecg, method=method: preprocess(ecg, spec.preprocessing, method),
+                               input_signature=signature)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+        forms[f"tflite_preprocess_{method}"] = TFLiteRunner(converter.convert())
+    saved_model_way = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing), input_signature=signature)
+    forms["tf_preprocess_fft"] = lambda window: saved_model_way(tf.constant(window)).numpy()
+    return forms
 
 
 def per_call(predict, windows: np.ndarray, calls: int) -> float:
@@ -89,25 +97,27 @@ def findings(times: dict, speed: float, agreement: dict, spec) -> list[str]:
     from ecg_tfx.dsp.preprocessing import fir_taps
 
     notes = []
-    fir_share = timing.median(times["tflite_fir_only b1"]) / timing.median(times["tflite_float32 b1"])
+    median = {name: timing.median(values) for name, values in times.items()}
+    share = median["tflite_preprocess_rfft_only b1"] / median["tflite_float32 b1"]
+    notes.append(
+        f"The TFLite models filter by forward real FFTs (RFFT2D; TFLite has no inverse FFT): "
+        f"{median['tflite_preprocess_rfft_only b1'] * 1e3:.1f} ms per window against "
+        f"{median['tflite_preprocess_direct b1'] * 1e3:.1f} ms for the former direct "
+        f"{len(fir_taps(spec.preprocessing))}-tap convolution, {share:.0%} of the TFLite float32 time; "
+        f"TensorFlow's rfft/irfft (the SavedModel's) takes {median['tf_preprocess_fft b1'] * 1e3:.1f} ms.")
     if speed < 3:
         notes.append(
-            f"TFLite int8 is {speed:.2f}x the SavedModel's batch-1 speed (target 3x). The TFLite preprocessing alone "
-            f"(a direct {len(fir_taps(spec.preprocessing))}-tap FIR: TFLite has no inverse FFT, and as a 1-channel "
-            f"CONV_2D it is a pathological convolution shape) takes {fir_share:.0%} of the TFLite float32 "
-            "time, while the SavedModel filters by FFT; and `serving.tflite.TFLiteRunner` runs 1 thread against "
-            "TensorFlow's 2. Fix (ecg_tfx/serving/tflite.py, not this benchmark's file): export the TFLite models from "
-            "preprocessed windows (the CNN + crop averaging only) and run the FIR beside the interpreter "
-            "(scipy.signal.oaconvolve/fftconvolve with `preprocessing.fir_taps`, the same taps), which removes "
-            "that share of the latency; and let TFLiteRunner take num_threads.")
+            f"TFLite int8 is {speed:.2f}x the SavedModel's batch-1 speed (target 3x). With the preprocessing "
+            f"at {share:.0%} of the float32 time, the rest is the CNN, run by `serving.tflite.TFLiteRunner` "
+            "on 1 thread against TensorFlow's 2.")
     if agreement["tflite_int8"]["argmax_agreement"] < 0.9:
         notes.append(
             f"int8 agrees with Keras on only {agreement['tflite_int8']['argmax_agreement']:.0%} of windows: the "
-            "high-pass FIR and the standardization are quantized too, and baseline removal subtracts two large, "
-            "nearly equal numbers, which int8 cannot resolve. The same fix (FIR outside, or kept float32 by "
-            "excluding those ops from quantization) should restore agreement. The model here is trained for only "
-            "16 steps, so its probabilities sit near 0.5 and argmax flips easily: agreement on a trained model is "
-            "the export report's job.")
+            "FFT runs in float32 but the padding, spectrum products and standardization around it are quantized, "
+            "and baseline removal subtracts two large, nearly equal numbers, which int8 cannot resolve. Keeping "
+            "the preprocessing float32 (excluding its ops from quantization) should restore agreement. The model "
+            "here is trained for only 16 steps, so its probabilities sit near 0.5 and argmax flips easily: "
+            "agreement on a trained model is the export report's job.")
     return notes
 
 
@@ -130,8 +140,8 @@ def run(quick: bool = False) -> dict:
     for name, predict in forms.items():
         cases[f"{name} b1"] = lambda predict=predict: per_call(predict, windows[:1], calls)
         cases[f"{name} b32"] = lambda predict=predict: per_call(predict, batch32, max(1, calls // 5))
-    fir = fir_only(spec)
-    cases["tflite_fir_only b1"] = lambda: per_call(fir, windows[:1], calls)
+    for name, predict in preprocessing_only(spec).items():
+        cases[f"{name} b1"] = lambda predict=predict: per_call(predict, windows[:1], calls)
     times = timing.interleaved(cases, reps)
     reference = forms["keras"](windows)
     sizes = {"keras": os.path.getsize(RunFolder(run_dir).model),
@@ -165,6 +175,16 @@ def run(quick: bool = False) -> dict:
             timing.target("saved_model / tflite_int8 batch-1 latency", speed, 3.0, True),
             timing.target("tflite_int8 / saved_model size", shrink, 0.25, False,
                           "SavedModel size excludes its tflite/ sub-folder"),
+            timing.target("tflite_float32 / saved_model batch-1 latency",
+                          timing.paired_ratio(times["tflite_float32 b1"], times["saved_model b1"]), 1.5, False),
+            timing.target("direct / rfft_only TFLite preprocessing batch-1 latency",
+                          timing.paired_ratio(times["tflite_preprocess_direct b1"],
+                                              times["tflite_preprocess_rfft_only b1"]), 1.0, True,
+                          "no target set; the former TFLite FIR over the one the TFLite models run now"),
+            timing.target("rfft_only TFLite / TensorFlow fft preprocessing batch-1 latency",
+                          timing.paired_ratio(times["tflite_preprocess_rfft_only b1"],
+                                              times["tf_preprocess_fft b1"]), 1.0, False,
+                          "no target set; TensorFlow's is the SavedModel's preprocessing (rfft/irfft), 2 threads"),
             timing.target("saved_model / tflite_int8 batch-32 latency",
                           timing.paired_ratio(times["saved_model b32"], times["tflite_int8 b32"]), 1.0, True,
                           "no target set; TFLite runs 32 single-window invocations"),
