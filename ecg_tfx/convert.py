@@ -13,7 +13,6 @@ import sys
 from absl import app, flags, logging
 
 from ecg_tfx.core import storage
-from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.data import conversion, conversion_flags
 from ecg_tfx.data.sources import SourceError
 
@@ -24,18 +23,6 @@ _RUNNER = flags.DEFINE_enum("runner", "local", ["local", "beam"],
                             "(pip install apache-beam[tfrecord]), same output.")
 _BEAM_ARGS = flags.DEFINE_string("beam_args", "", "Beam pipeline options for --runner=beam, e.g. "
                                  "'--runner=DataflowRunner --project=... --extra_package=<ecg_tfx wheel>'.")
-
-
-def summary(manifest: Manifest) -> str:
-    """A short human summary of a manifest."""
-    lines = [f"{manifest.source}: {len(manifest.leads)} leads at {manifest.sample_rate_hz} Hz, "
-             f"windows of {manifest.window_samples} samples, classes {list(manifest.labels)}"]
-    for name, split in manifest.splits.items():
-        lines.append(f"  {name:<10} {split.examples:>6} windows {split.records:>5} records "
-                     f"{split.patients:>4} patients {len(split.shards)} shards  {dict(split.class_records)}")
-    if manifest.skipped_counts:
-        lines.append(f"  skipped records by stage: {dict(manifest.skipped_counts)} (reasons in manifest.json)")
-    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
@@ -54,7 +41,7 @@ def main(argv: list[str]) -> None:
     except (SourceError, conversion.ConversionError) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
-    print(summary(manifest))
+    print(conversion.summary(manifest))
     print(f"wrote {_OUTPUT_DIR.value}/manifest.json")
 
 

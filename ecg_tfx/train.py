@@ -29,6 +29,8 @@ _DEFAULTS = TrainConfig(data_dir="", run_dir="")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFRecord shards + manifest.json (local, gs:// or s3://).")
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Where the run's model, logs, plots and metrics go.")
 _CONVERT = flags.DEFINE_bool("convert", False, "Convert into --data_dir first, with the conversion flags.")
+_SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Training seed (initialization, shuffling, augmentation); the "
+                             "conversion's split has its own --split_seed.")
 # Model and optimization.
 _MODEL = flags.DEFINE_enum("model", _DEFAULTS.model, sorted(MODELS), "Architecture.")
 _EPOCHS = flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Maximum epochs.", lower_bound=1)
@@ -104,7 +106,7 @@ def config_from_flags() -> TrainConfig:
         batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value, lr_schedule=_LR_SCHEDULE.value,
         weight_decay=_WEIGHT_DECAY.value, dropout=_DROPOUT.value, class_weights=_CLASS_WEIGHTS.value,
         monitor=_MONITOR.value, patience=_PATIENCE.value, warmup_epochs=_WARMUP_EPOCHS.value,
-        lr_patience=_LR_PATIENCE.value, seed=conversion_flags.SEED.value, input_seconds=_INPUT_SECONDS.value,
+        lr_patience=_LR_PATIENCE.value, seed=_SEED.value, input_seconds=_INPUT_SECONDS.value,
         eval_stride_seconds=_EVAL_STRIDE_SECONDS.value, highpass_hz=_HIGHPASS_HZ.value, lowpass_hz=_LOWPASS_HZ.value,
         powerline_hz=_POWERLINE_HZ.value,
         scale_range=tuple(float(v) for v in _SCALE_RANGE.value) if _SCALE_RANGE.value else None,
@@ -119,8 +121,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         if _CONVERT.value:
-            conversion.run(conversion_flags.config_from_flags(), _DATA_DIR.value,
-                           conversion_flags.NUM_WORKERS.value, conversion_flags.OVERWRITE.value)
+            manifest = conversion.run(conversion_flags.config_from_flags(), _DATA_DIR.value,
+                                      conversion_flags.NUM_WORKERS.value, conversion_flags.OVERWRITE.value)
+            print(conversion.summary(manifest), flush=True)
         info = train(config_from_flags(), flags.FLAGS.flags_into_string())
     except (SourceError, conversion.ConversionError, FileNotFoundError, ValueError) as error:
         logging.error("%s", error)

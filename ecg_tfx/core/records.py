@@ -11,13 +11,20 @@ STANDARD12 = ("i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5
 FRANK = ("vx", "vy", "vz")
 ALL_LEADS = STANDARD12 + FRANK
 
-_ALIASES = {"avr": "avr", "a_vr": "avr", "avl": "avl", "avf": "avf", "x": "vx", "y": "vy", "z": "vz"}
+# Other databases' spellings of our lead names, after case and whitespace are dropped ('aVR', ' V1 ' -> avr, v1).
+# The one table of lead aliases: conversion (every WFDB header) and `predict` (WFDB, CSV, --leads) read names here.
+LEAD_ALIASES = {
+    "a_vr": "avr", "a_vl": "avl", "a_vf": "avf",
+    "mli": "i", "mlii": "ii", "mliii": "iii",  # MIT-BIH's modified limb leads (electrodes on the torso), used as I-III
+    "di": "i", "dii": "ii", "diii": "iii",  # the D-notation of the limb leads (CODE, many European devices)
+    "x": "vx", "y": "vy", "z": "vz",  # Frank's orthogonal leads
+}
 
 
 def canonical_lead(name: str) -> str:
-    """Lower-cases a lead name and maps common spellings ('aVR', 'I', 'x') to ours."""
-    key = name.strip().lower().replace(" ", "")
-    return _ALIASES.get(key, key)
+    """Our name of a lead: lower-cased, whitespace dropped, then LEAD_ALIASES ('MLII' -> 'ii', ' V1 ' -> 'v1')."""
+    key = "".join(name.split()).lower()
+    return LEAD_ALIASES.get(key, key)
 
 
 def standard_order(leads: Sequence[str]) -> list[str]:
@@ -57,10 +64,24 @@ class Record:
             raise ValueError(f"signal shape {self.signal.shape} does not match {len(self.leads)} leads")
 
 
-class RecordError(ValueError):
-    """One record cannot be read; carries its path and the reason."""
+# Why a record may be skipped (the manifest's `stage` of a skipped record). Only these are expected of real data;
+# any other exception is a bug and stops a conversion.
+SKIP_STAGES = {
+    "read": "a missing, unreadable, garbled or truncated file",
+    "nan": "NaN or infinite samples",
+    "length": "shorter than one window",
+    "label": "no label of the preset (or of a class kept)",
+    "leads": "lacks a lead the conversion needs",
+}
 
-    def __init__(self, path: str, reason: str):
+
+class RecordError(ValueError):
+    """One record cannot be used; carries its path, the reason and the kind (`stage`, a key of SKIP_STAGES)."""
+
+    def __init__(self, path: str, reason: str, stage: str = "read"):
+        if stage not in SKIP_STAGES:
+            raise ValueError(f"unknown skip stage {stage!r}; one of {sorted(SKIP_STAGES)}")
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.stage = stage

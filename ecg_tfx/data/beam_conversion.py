@@ -146,7 +146,7 @@ def run(config: ConversionConfig, output_dir: str, beam_args: Sequence[str] = ()
     records = sorted((r for r in results if r["kind"] == "record"), key=lambda r: r["record_id"])
     files = sorted((r for r in results if r["kind"] == "shard"), key=lambda r: r["file"])
     read_failures = planned.listing_failures + sum(len(r["skipped"]) for r in records)
-    conversion.check_failures(read_failures, planned.total, config.max_failure_fraction, final=True)
+    conversion.check_failures(read_failures, planned.total, config.max_failure_fraction)
     manifest = conversion.build_manifest(
         config, planned.preset, planned.window,
         {split: [r for r in records if r["split"] == split] for split in SPLITS},

@@ -21,7 +21,8 @@ from ecg_tfx.data.sources import SourceError
 
 @dataclasses.dataclass(frozen=True)
 class ConversionConfig:
-    """Everything that decides the output (and so must match for a run to resume or be reused)."""
+    """Everything that decides the output (and so must match for a run to resume or be reused), and the
+    failure limit (recorded, but not part of the output's identity: see `identity`)."""
 
     source: str = "synthetic"
     input_dir: str = ""
@@ -34,7 +35,7 @@ class ConversionConfig:
     short_records: str = "pad"  # 'pad' or 'skip'
     split: str = "0.8,0.1,0.1"
     split_by: str = "auto"  # 'auto' (the source's folds if it has them), 'folds' or 'patients'
-    seed: int = 0
+    split_seed: int = 0  # the patient split and the synthetic generator; training has its own --seed
     ptbxl_resolution: int = 500
     synthetic_patients: int = 100
     synthetic_records_per_patient: int = 3
@@ -43,7 +44,20 @@ class ConversionConfig:
     max_records: int = 0  # 0 = all; otherwise the first N records (by record_id), for quick trials
     compression: str = "NONE"
     shard_size_mb: float = 100.0
-    max_failure_fraction: float = 0.5
+    max_failure_fraction: float = 0.05  # why 0.05: conversion_flags' --max_failure_fraction
+
+
+# Recorded in the manifest but not deciding its content: changing it reuses a finished conversion.
+_NOT_IDENTITY = ("max_failure_fraction",)
+
+
+def identity(recorded: dict) -> dict:
+    """The part of a recorded config that decides the output; reads configs of older versions too (their
+    `seed` seeded the split and is now `split_seed`)."""
+    value = {key: v for key, v in recorded.items() if key not in _NOT_IDENTITY}
+    if "seed" in value and "split_seed" not in value:
+        value["split_seed"] = value.pop("seed")
+    return value
 
 
 class ConversionError(RuntimeError):
@@ -56,7 +70,7 @@ def make_source(config: ConversionConfig):
         from ecg_tfx.data.sources.synthetic import SyntheticSource
 
         return SyntheticSource(config.synthetic_patients, config.synthetic_records_per_patient,
-                               config.synthetic_duration_s, config.synthetic_sample_rate, config.seed)
+                               config.synthetic_duration_s, config.synthetic_sample_rate, config.split_seed)
     if not config.input_dir:
         raise SourceError(f"--source={config.source} needs --input_dir (the database folder)")
     if config.source == "ptb":
@@ -131,15 +145,21 @@ def window_plan(config: ConversionConfig, leads: tuple[str, ...], vocabulary: tu
 
 
 def assign_splits(config: ConversionConfig, items: list[shards.Item]) -> dict[str, list[shards.Item]]:
-    """Patient-wise splits: the source's own folds (PTB-XL strat_fold) or a stratified group split."""
+    """Patient-wise splits: the source's own folds (PTB-XL strat_fold) or a stratified group split.
+
+    Raises ConversionError (before any signal is read) when the --split fractions do not fit the records.
+    """
     use_folds = config.split_by == "folds" or (
         config.split_by == "auto" and items and all(item.ref.fold is not None for item in items))
     if use_folds:
         names = [splits.FOLD_SPLITS[item.ref.fold] for item in items]
     else:
-        names = splits.stratified_patient_split(
-            [item.ref.patient_id for item in items], ["|".join(item.classes) for item in items],
-            splits.parse_fractions(config.split), config.seed)
+        try:
+            names = splits.stratified_patient_split(
+                [item.ref.patient_id for item in items], ["|".join(item.classes) for item in items],
+                splits.parse_fractions(config.split), config.split_seed)
+        except ValueError as error:
+            raise ConversionError(str(error)) from None
     return {split: [item for item, name in zip(items, names, strict=True) if name == split]
             for split in SPLITS}
 
@@ -202,7 +222,11 @@ def _run_tasks(tasks: list[shards.ShardTask], source, plan, output_dir: str, num
 
 
 def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> Manifest | None:
-    """Checks the output folder; returns the manifest if this exact conversion is already complete."""
+    """Checks the output folder; returns the manifest if this exact conversion is already complete.
+
+    Conversions are compared by `identity`: a folder converted with another failure limit, or by an older
+    version with the same split seed, is reused.
+    """
     storage.enable_filesystem(output_dir)
     manifest_path = storage.join(output_dir, MANIFEST_FILE)
     config_path = storage.join(output_dir, shards.PROGRESS_DIR, "config.json")
@@ -213,9 +237,10 @@ def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> Manifest
         existing = storage.read_json(config_path)
     elif tf.io.gfile.exists(output_dir) and tf.io.gfile.glob(storage.join(output_dir, "*.tfrecord*")):
         existing = {"unknown": "TFRecords from another run"}
-    if existing is not None and existing != recorded:
+    if existing is not None and identity(existing) != identity(recorded):
         if not overwrite:
-            changed = sorted(k for k in set(existing) | set(recorded) if existing.get(k) != recorded.get(k))
+            existing, wanted = identity(existing), identity(recorded)
+            changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
             raise ConversionError(f"{output_dir} holds a conversion made with other flags ({', '.join(changed)}); "
                                   "pass --overwrite to replace it")
         for pattern in ("*.tfrecord*", MANIFEST_FILE, shards.PROGRESS_DIR):
@@ -231,9 +256,13 @@ def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> Manifest
     return None
 
 
-def check_failures(failed: int, total: int, limit: float, final: bool) -> None:
-    """Raises ConversionError when more than `limit` of the records failed (early only past 20 records)."""
-    if total and failed / total > limit and (final or total >= 20):
+def check_failures(failed: int, total: int, limit: float) -> None:
+    """Raises ConversionError once more than `limit` of all `total` records have failed.
+
+    Called as records fail with the whole run's total, so a run stops as soon as the limit is certain to be
+    crossed, never on an unlucky early stretch of broken records.
+    """
+    if failed > limit * total:
         raise ConversionError(f"{failed} of {total} records failed (> --max_failure_fraction={limit}); "
                               "see the log for each path and reason")
 
@@ -260,11 +289,12 @@ def plan_conversion(config: ConversionConfig) -> ConversionPlan:
         refs = refs[: config.max_records]
     if not refs and not failures:
         raise SourceError(f"no records found in {config.input_dir or config.source}")
-    skipped = [{"record_id": "", "path": error.path, "reason": error.reason, "stage": "read"} for error in failures]
+    skipped = [{"record_id": "", "path": error.path, "reason": error.reason, "stage": error.stage}
+               for error in failures]
     for entry in skipped:
         logging.warning("skipping %s: %s", entry["path"], entry["reason"])
     total = len(refs) + len(failures)
-    check_failures(len(failures), total, config.max_failure_fraction, final=False)
+    check_failures(len(failures), total, config.max_failure_fraction)
     items, vocabulary, leads, label_skipped = select(config, refs, preset)
     plan = window_plan(config, leads, vocabulary)
     too_short = [item for item in items if plan.window_count(round(item.ref.duration_s * plan.sample_rate_hz)) == 0]
@@ -294,18 +324,30 @@ def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwri
     reused = {stats["file"] for stats in results}
 
     def check(progress: list[dict]) -> None:
-        failed = planned.listing_failures + sum(1 for s in progress for e in s["skipped"])
-        check_failures(failed, planned.listing_failures + sum(s["records"] + len(s["skipped"]) for s in progress),
-                        config.max_failure_fraction, final=False)
+        failed = planned.listing_failures + sum(len(s["skipped"]) for s in progress)
+        check_failures(failed, planned.total, config.max_failure_fraction)
 
     results += _run_tasks([t for t in tasks if t.filename not in reused], planned.source, planned.window,
                           output_dir, num_workers, check)
     read_failures = planned.listing_failures + sum(len(s["skipped"]) for s in results)
-    check_failures(read_failures, planned.total, config.max_failure_fraction, final=True)
+    check_failures(read_failures, planned.total, config.max_failure_fraction)
     manifest = _manifest(config, planned.preset, planned.window, tasks, results, planned.skipped)
     manifest.save(output_dir)
     tf.io.gfile.rmtree(storage.join(output_dir, shards.PROGRESS_DIR))
     return manifest
+
+
+def summary(manifest: Manifest) -> str:
+    """A short human summary of a manifest: splits, and how many records were skipped, by kind."""
+    lines = [f"{manifest.source}: {len(manifest.leads)} leads at {manifest.sample_rate_hz} Hz, "
+             f"windows of {manifest.window_samples} samples, classes {list(manifest.labels)}"]
+    for name, split in manifest.splits.items():
+        lines.append(f"  {name:<10} {split.examples:>6} windows {split.records:>5} records "
+                     f"{split.patients:>4} patients {len(split.shards)} shards  {dict(split.class_records)}")
+    counts = dict(sorted(manifest.skipped_counts.items()))
+    lines.append(f"  skipped {sum(counts.values())} records" + (
+        f" by kind: {counts} (each path and reason in manifest.json)" if counts else ""))
+    return "\n".join(lines)
 
 
 def _manifest(config, preset, plan, tasks, results, skipped) -> Manifest:

@@ -14,7 +14,7 @@ import scipy.signal
 from absl import logging
 
 from ecg_tfx.core import schema
-from ecg_tfx.core.records import Record, RecordRef
+from ecg_tfx.core.records import Record, RecordError, RecordRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ def select_leads(record: Record, leads: tuple[str, ...]) -> np.ndarray:
     index = {name: i for i, name in enumerate(record.leads)}
     missing = [name for name in leads if name not in index]
     if missing:
-        raise ValueError(f"record lacks leads {','.join(missing)}")
+        raise RecordError(record.ref.path or record.ref.record_id, f"record lacks leads {','.join(missing)}", "leads")
     return record.signal[:, [index[name] for name in leads]]
 
 
@@ -67,10 +67,16 @@ def windows(signal: np.ndarray, plan: WindowPlan) -> list[np.ndarray]:
 
 
 def record_examples(record: Record, classes: tuple[str, ...], plan: WindowPlan) -> list[bytes]:
-    """Serialized examples for every window of a record labelled `classes`."""
+    """Serialized examples for every window of a record labelled `classes`; RecordError if it cannot give any."""
+    where = record.ref.path or record.ref.record_id
     if not np.all(np.isfinite(record.signal)):
-        raise ValueError("signal has NaN or infinite samples")
+        raise RecordError(where, "signal has NaN or infinite samples", "nan")
+    unknown = [name for name in classes if name not in plan.labels]
+    if unknown:
+        raise RecordError(where, f"labels {unknown} are not in the vocabulary {list(plan.labels)}", "label")
     signal = resample(select_leads(record, plan.leads), record.sample_rate_hz, plan.sample_rate_hz)
+    if not plan.window_count(len(signal)):
+        raise RecordError(where, f"shorter than one window ({len(signal)} of {plan.window_samples} samples)", "length")
     label_ids = [plan.labels.index(name) for name in classes]
     return [
         schema.make_example(
@@ -81,7 +87,7 @@ def record_examples(record: Record, classes: tuple[str, ...], plan: WindowPlan) 
 
 
 def skip_entry(ref: RecordRef, reason: str, stage: str) -> dict[str, str]:
-    """A skipped record as the manifest lists it; `stage` is listing/label/leads/length/read."""
+    """A skipped record as the manifest lists it; `stage` is a key of `records.SKIP_STAGES`."""
     return {"record_id": ref.record_id, "path": ref.path, "reason": reason, "stage": stage}
 
 
@@ -95,13 +101,15 @@ class Converted:
 
 
 def convert_record(source, ref: RecordRef, classes: tuple[str, ...], plan: WindowPlan) -> Converted:
-    """Loads and transforms one record; a record that fails is reported and skipped, never stops the run."""
+    """Loads and transforms one record; a RecordError (an expected kind of bad record) is reported and skipped.
+
+    Any other exception is a bug, not bad data: it propagates and stops the run with its traceback.
+    """
     try:
         record = source.load(ref)
         serialized = record_examples(record, classes, plan)
-    except Exception as error:  # one bad record must not stop the run
-        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-        logging.warning("skipping %s: %s", ref.path or ref.record_id, reason)
-        return Converted([], False, skip_entry(ref, reason, "read"))
+    except RecordError as error:
+        logging.warning("skipping %s: %s", ref.path or ref.record_id, error.reason)
+        return Converted([], False, skip_entry(ref, error.reason, error.stage))
     padded = bool(serialized) and len(record.signal) * plan.sample_rate_hz < plan.window_samples * record.sample_rate_hz
     return Converted(serialized, padded, None)

@@ -110,7 +110,7 @@ def _in_mv(signal: np.ndarray, header: wfdb.Record, path: str, channels: Sequenc
     if bad.any():
         time, lead = np.argwhere(bad)[0]
         raise RecordError(path, f"{int(bad.sum())} NaN/inf samples (invalid sample values), first at sample "
-                                f"{time} of lead {header.sig_name[channels[lead]]!r}")
+                                f"{time} of lead {header.sig_name[channels[lead]]!r}", "nan")
     return (signal * _mv_factors(header, path, channels)).astype(np.float32)
 
 

@@ -7,6 +7,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import traceback
 from collections import Counter
 
 import pytest
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from ecg_tfx.core import storage
 from ecg_tfx.core.manifest import SPLITS, Manifest
-from ecg_tfx.data import conversion
+from ecg_tfx.data import conversion, transform
 from ecg_tfx.data.conversion import ConversionConfig
 
 pytest.importorskip("apache_beam", reason="apache-beam is not installed (pip install 'apache-beam[tfrecord]==2.77.0')")
@@ -108,7 +109,7 @@ def broken_copy(ptb_dir: pathlib.Path, root: pathlib.Path) -> list[str]:
 def test_broken_records_are_skipped_as_locally(ptb_dir, tmp_path):
     broken = broken_copy(ptb_dir, tmp_path / "db")
     config = ConversionConfig(source="ptb", input_dir=str(tmp_path / "db"), labels="diagnoses",
-                              split="0.5,0.25,0.25", shard_size_mb=20.0)
+                              split="0.5,0.25,0.25", shard_size_mb=20.0, max_failure_fraction=0.5)
     local = conversion.run(config, str(tmp_path / "local"))
     beam = beam_conversion.run(config, str(tmp_path / "beam"), BEAM_ARGS)
     failed = [entry for entry in beam.skipped if entry["stage"] == "read"]
@@ -116,3 +117,15 @@ def test_broken_records_are_skipped_as_locally(ptb_dir, tmp_path):
     assert [entry["record_id"] for entry in failed if "truncated" in entry["reason"]] == [broken[0]]
     assert sum(info.records for info in beam.splits.values()) == 6
     assert_same_conversion(tmp_path / "local", local, tmp_path / "beam", beam)
+
+
+def test_a_bug_in_the_transform_stops_the_pipeline(monkeypatch, tmp_path):
+    def broken_resample(signal, rate_in, rate_out):
+        raise TypeError("a bug in resample")
+
+    monkeypatch.setattr(transform, "resample", broken_resample)  # the FnApiRunner's workers are threads here
+    with pytest.raises(Exception) as raised:  # the runner re-raises it as is, or as a RuntimeError with its text
+        beam_conversion.run(SMALL, str(tmp_path), BEAM_ARGS)
+    text = "".join(traceback.format_exception(raised.value))
+    assert "TypeError: a bug in resample" in text and "in record_examples" in text  # with the worker's traceback
+    assert not (tmp_path / "manifest.json").exists()

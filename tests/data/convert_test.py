@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import json
 import os
 import pathlib
 import re
@@ -22,7 +23,7 @@ import tensorflow as tf
 import wfdb
 
 from ecg_tfx.core import schema
-from ecg_tfx.data import conversion
+from ecg_tfx.data import conversion, transform
 from ecg_tfx.data.conversion import ConversionConfig
 
 
@@ -144,7 +145,7 @@ def test_deterministic_across_runs_and_workers(tmp_path):
 DIGEST_CONFIG = ConversionConfig(synthetic_patients=10, synthetic_records_per_patient=1, synthetic_duration_s=10,
                                  sample_rate=100, shard_size_mb=0.1)
 DIGESTS = {
-    "manifest.json": "4b9cfdfeff3f8b1e38fcd1e792c97827f6785996f95a9825176ed1a619d4a7a7",
+    "manifest.json": "ea29d995a18b4db4e7a365632e7a2e39288bcec3a194d80054d854eafb62eaf8",
     "test-00000-of-00001.tfrecord": "561b70f589c94c4f7bcccc2b99379689fe06f68e6e04d02dd5f95afaf954abd7",
     "train-00000-of-00004.tfrecord": "66ed8d6ac32179f0154322706de338ec0e57a4b74672dc42d4bea2f80942595e",
     "train-00001-of-00004.tfrecord": "6c8e1711b469ab69ae80deef88d6852dca9af5503c14018b5ac48d2fd09a2468",
@@ -197,14 +198,53 @@ def test_broken_records_are_reported_and_the_rest_converted(ptb_dir, tmp_path):
     config = ConversionConfig(source="ptb", input_dir=str(tmp_path / "db"), labels="diagnoses",
                               split="0.5,0.25,0.25", max_failure_fraction=0.5)
     manifest = conversion.run(config, str(tmp_path / "out"))
-    failures = {s["path"]: s["reason"] for s in manifest.skipped if s["stage"] == "read"}
+    failures = {s["path"]: (s["stage"], s["reason"]) for s in manifest.skipped}
     assert len(failures) == 4
+    expected = {"truncated": ("read", "truncated"), "missing": ("read", ".dat is missing"),
+                "header": ("read", "unreadable header"), "nan": ("nan", "NaN")}
     for record, kind in broken.items():
-        reason = next(r for p, r in failures.items() if p.endswith(record))
-        assert reason and {"truncated": "truncated", "missing": ".dat", "header": "", "nan": "NaN"}[kind] in reason
-    converted = sum(info.records for info in manifest.splits.values())
-    label_skipped = sum(1 for s in manifest.skipped if s["stage"] == "label")
-    assert converted == 6 and label_skipped == 0
+        stage, reason = next(found for path, found in failures.items() if path.endswith(record))
+        assert stage == expected[kind][0] and expected[kind][1] in reason
+    assert sum(info.records for info in manifest.splits.values()) == 6
+    assert manifest.skipped_counts == {"read": 3, "nan": 1}
+    assert "skipped 4 records by kind: {'nan': 1, 'read': 3}" in conversion.summary(manifest)
+
+
+def break_one_record(ptb_dir: pathlib.Path, root: pathlib.Path) -> None:
+    """A 10-record PTB copy whose first record's .dat is truncated."""
+    corrupt_copy(ptb_dir, root)
+    for record in (root / "RECORDS").read_text().split()[1:4]:  # restore the other three broken records
+        for path in (ptb_dir / record).parent.glob(pathlib.Path(record).name + ".*"):
+            shutil.copy(path, root / record.split("/")[0] / path.name)
+
+
+def test_default_failure_limit_stops_at_one_broken_record_in_ten(ptb_dir, tmp_path):
+    break_one_record(ptb_dir, tmp_path / "db")
+    config = ConversionConfig(source="ptb", input_dir=str(tmp_path / "db"), labels="diagnoses",
+                              split="0.5,0.25,0.25")
+    assert config.max_failure_fraction == 0.05
+    with pytest.raises(conversion.ConversionError, match=r"1 of 10 records failed \(> --max_failure_fraction=0.05"):
+        conversion.run(config, str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    manifest = conversion.run(dataclasses_replace(config, max_failure_fraction=0.1), str(tmp_path / "out"))
+    assert manifest.skipped_counts == {"read": 1} and sum(info.records for info in manifest.splits.values()) == 9
+
+
+def test_a_bug_in_the_transform_stops_the_run_with_its_traceback(monkeypatch, tmp_path):
+    calls = []
+
+    def broken_resample(signal, rate_in, rate_out):
+        calls.append(rate_in)
+        if len(calls) == 3:  # the third record meets a bug, not bad data
+            raise TypeError("a bug in resample")
+        return signal.astype(np.float32)  # synthetic records are made at the output rate
+
+    monkeypatch.setattr(transform, "resample", broken_resample)
+    with pytest.raises(TypeError, match="a bug in resample"):
+        conversion.run(SMALL_SYNTHETIC, str(tmp_path), num_workers=1)
+    assert len(calls) == 3
+    assert not list(tmp_path.glob("manifest.json")) and not list(tmp_path.glob("*.tfrecord"))
+    assert not list(tmp_path.glob(".*.tmp-*")), "the shard being written is removed"
 
 
 def test_mostly_failures_aborts_without_manifest(ptb_dir, tmp_path):
@@ -226,6 +266,8 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     (["--source=ptb", "--input_dir={missing}"], "is not a directory"),
     (["--source=ptb"], "--input_dir is required"),
     (["--split=0.5,0.5"], "--split takes 3 fractions"),
+    (["--split=0.995,0.004,0.001"], "need more than 100 patient folds"),
+    (["--synthetic_patients=20", "--split=0.5,0.49,0.01"], "20 patients are too few for --split=0.5,0.49,0.01"),
     (["--labels=superdiagnostic"], "--labels must be a preset of the chosen source"),
 ])
 def test_bad_input_stops_with_one_clear_message(tmp_path, args, message):
@@ -246,6 +288,19 @@ def test_other_flags_never_overwrite_without_permission(tmp_path):
     assert tree_bytes(tmp_path) == before
     manifest = conversion.run(dataclasses_replace(SMALL_SYNTHETIC, sample_rate=250), str(tmp_path), overwrite=True)
     assert manifest.sample_rate_hz == 250 and tree_bytes(tmp_path) != before
+
+
+def test_failure_limit_and_older_manifests_keep_a_conversion_reusable(tmp_path):
+    conversion.run(SMALL_SYNTHETIC, str(tmp_path))
+    manifest_path = tmp_path / "manifest.json"
+    older = json.loads(manifest_path.read_text())
+    older["config"]["seed"] = older["config"].pop("split_seed")  # as written before --split_seed existed
+    manifest_path.write_text(json.dumps(older))
+    before = tree_bytes(tmp_path)
+    conversion.run(dataclasses_replace(SMALL_SYNTHETIC, max_failure_fraction=0.3), str(tmp_path))
+    assert tree_bytes(tmp_path) == before, "reused, not converted again"
+    with pytest.raises(conversion.ConversionError, match=r"other flags \(split_seed\)"):
+        conversion.run(dataclasses_replace(SMALL_SYNTHETIC, split_seed=1), str(tmp_path))
 
 
 def test_killed_run_resumes_to_identical_output(tmp_path):
