@@ -12,6 +12,7 @@ import threading
 
 from absl import app, flags
 
+from ecg_tfx.core import storage
 from ecg_tfx.serving.rest.http import DEFAULT_MAX_REQUEST_BYTES, Server
 from ecg_tfx.serving.rest.servables import Model, parse_version_labels
 
@@ -46,6 +47,5 @@ def main(argv: list[str]) -> None:
     server.stop()
 
 
-
 if __name__ == "__main__":
-    app.run(main)
+    storage.run_app(main)

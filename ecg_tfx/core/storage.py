@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,6 +102,28 @@ def publish_dir(tmp_dir: str, path: str, last: str = "saved_model.pb") -> None:
         tf.io.gfile.makedirs(os.path.dirname(join(path, relative)))
         tf.io.gfile.copy(join(tmp_dir, relative), join(path, relative), overwrite=True)
     tf.io.gfile.rmtree(tmp_dir)
+
+
+@contextmanager
+def local_copy(path: str, with_siblings: bool = False) -> Iterator[str]:
+    """A local path to read `path` with libraries that open only local files (wfdb, numpy).
+
+    A local `path` is yielded as it is; a URL (s3://, gs://) is copied into a temporary folder, removed after
+    the block. `with_siblings` also copies every file beside it with the same stem (a WFDB record's .hea, .dat
+    and .xyz). FileNotFoundError if `path` does not exist.
+    """
+    enable_filesystem(path)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    if "://" not in path:
+        yield path
+        return
+    folder, name = path.rsplit("/", 1)
+    pattern = join(folder, os.path.splitext(name)[0] + ".*") if with_siblings else path
+    with tempfile.TemporaryDirectory(prefix="ecg_tfx-") as scratch:
+        for source in tf.io.gfile.glob(pattern):
+            tf.io.gfile.copy(source, os.path.join(scratch, source.rsplit("/", 1)[1]))
+        yield os.path.join(scratch, name)
 
 
 def write_bytes(path: str, data: bytes) -> None:

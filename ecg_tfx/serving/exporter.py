@@ -49,6 +49,8 @@ def export_run(run_dir: str, export_dir: str, model_name: str = "ecg", version: 
     """
     if tflite and not data_dir:
         raise ValueError("tflite export needs data_dir for representative and agreement windows")
+    for path in (run_dir, export_dir, data_dir or ""):
+        storage.enable_filesystem(path)
     trained, spec = load_run(run_dir)
     model = with_compute_dtype(trained, "float32")
     served = model if compute_dtype == "float32" else with_compute_dtype(trained, compute_dtype)

@@ -2,8 +2,9 @@
 
 Inputs: WFDB records (the `.hea` path; rate, lead names and units come from the header), CSV (a header row of lead
 names, one column per lead; the rate and units must be given) and `.npy` ([time, leads]; rate, units and lead
-names must be given). Leads are matched to the model's by name; rate and units are never guessed. Both predictors
-check the export's input contract (`contract.py`) before the model or the resampler sees a recording.
+names must be given). Leads are matched to the model's by name (`records.LEAD_ALIASES` spellings included); rate
+and units are never guessed. Both predictors check the export's input contract (`contract.py`) before the model or
+the resampler sees a recording. Models and inputs may be local paths or URLs (s3://, gs://).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from ecg_tfx.core import storage
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.core.records import STANDARD12, RecordError, RecordRef, canonical_lead
 from ecg_tfx.data import transform
@@ -43,19 +45,21 @@ def read_recording(path: str, sample_rate: float | None = None, leads: list[str]
     """Reads a WFDB `.hea`, a CSV or a `.npy` file; what the file does not say must be given, never guessed."""
     extension = os.path.splitext(path)[1].lower()
     if extension == ".hea":
-        return _read_wfdb(path, sample_rate)
+        with storage.local_copy(path, with_siblings=True) as local:
+            return _read_wfdb(local, sample_rate)
     if extension not in (".csv", ".npy"):
         raise InputError(f"unknown input type {extension!r}; give a WFDB .hea, a .csv or a .npy file")
     if sample_rate is None:
         raise InputError(f"a {extension} file does not say its sample rate; pass --sample_rate=Hz")
     if units is None:
         raise InputError(f"a {extension} file does not say its units; pass --units=mV (or uV, V)")
-    if extension == ".csv":
-        signal, names = _read_csv(path)
-    else:
-        if not leads:
-            raise InputError("a .npy file has no lead names; pass --leads=i,ii,... (one per column)")
-        signal, names = np.load(path), list(STANDARD12) if leads == ["standard12"] else leads
+    if extension == ".npy" and not leads:
+        raise InputError("a .npy file has no lead names; pass --leads=i,ii,... (one per column)")
+    with storage.local_copy(path) as local:
+        if extension == ".csv":
+            signal, names = _read_csv(local)
+        else:
+            signal, names = np.load(local), list(STANDARD12) if leads == ["standard12"] else leads
     if signal.ndim != 2 or signal.shape[1] != len(names):
         raise InputError(f"samples of shape {signal.shape} do not match {len(names)} leads {names}")
     return Recording((signal * TO_MV[units]).astype(np.float32), tuple(canonical_lead(n) for n in names),
@@ -129,7 +133,7 @@ class TFLitePredictor:
 
     def __init__(self, path: str):
         self.spec = ModelSpec.load(os.path.dirname(path))
-        with open(path, "rb") as f:
+        with tf.io.gfile.GFile(path, "rb") as f:
             self.runner = TFLiteRunner(f.read())
         self.labels, self.leads = self.spec.labels, self.spec.leads
         self.contract = InputContract.load(os.path.dirname(path))
@@ -146,13 +150,14 @@ class TFLitePredictor:
 
 def load_predictor(path: str) -> SavedModelPredictor | TFLitePredictor:
     """A predictor for a .tflite file, a SavedModel version folder, or a model folder (its newest version)."""
+    storage.enable_filesystem(path)
     if path.endswith(".tflite"):
         return TFLitePredictor(path)
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if not tf.io.gfile.exists(storage.join(path, "saved_model.pb")):
         versions = list_versions(path)
         if not versions:
             raise InputError(f"{path} is neither a SavedModel, a folder of numbered versions nor a .tflite file")
-        path = os.path.join(path, str(versions[-1]))
+        path = storage.join(path, str(versions[-1]))
     return SavedModelPredictor(path)
 
 

@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from ecg_tfx.core import storage
 from ecg_tfx.serving.errors import invalid_argument, not_found
 from ecg_tfx.serving.versions import list_versions
 
@@ -47,6 +48,7 @@ class Model:
     @classmethod
     def load(cls, name: str, base_path: str, labels: Mapping[str, int] | None = None) -> Model:
         """Loads every integer version folder under `base_path`; labels must name loaded versions."""
+        storage.enable_filesystem(base_path)
         if not tf.io.gfile.isdir(base_path):
             raise FileNotFoundError(f"model base path {base_path} does not exist")
         versions = list_versions(base_path)
