@@ -18,6 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from ecg_tfx.data import conversion
+from ecg_tfx.data.conversion import ConversionConfig
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUCKET = "ecg-tfx-test"
 CONVERT_ARGS = ["--synthetic_patients=12", "--synthetic_records_per_patient=2", "--synthetic_duration_s=10",
@@ -120,3 +123,42 @@ def test_convert_and_train_on_s3(s3_env):
     version = sorted({name.split("/")[2] for name in exported})
     assert version == ["1"] and "export/ecg/1/saved_model.pb" in exported
     assert read_json(s3_env, "runs/r1/run_info.json")["data_dir"] == data
+
+
+def test_train_export_predict_and_serve_with_every_path_on_s3(s3_env, tmp_path, ptb_dir):
+    """Local data, everything after it on s3: each command reads and writes the paths it is given there."""
+    data = tmp_path / "data"
+    conversion.run(ConversionConfig(synthetic_patients=12, synthetic_records_per_patient=2, synthetic_duration_s=10,
+                                    sample_rate=100, leads="standard12"), str(data))
+    run = f"s3://{BUCKET}/chain/run"
+    run_cli("ecg_tfx.train", [f"--data_dir={data}", f"--run_dir={run}", "--export=false", *TRAIN_ARGS], s3_env)
+    assert {"model.keras", "model_spec.json"} <= keys(s3_env, "chain/run/")
+
+    exports = f"s3://{BUCKET}/chain/exports"
+    run_cli("ecg_tfx.export", [f"--run_dir={run}", f"--export_dir={exports}", "--tflite", f"--data_dir={data}"], s3_env)
+    exported = keys(s3_env, "chain/exports/ecg/1/")
+    assert {"saved_model.pb", "tflite/model_float32.tflite", "export_report.json"} <= exported
+
+    for name in ("s0010_re.hea", "s0010_re.dat", "s0010_re.xyz"):
+        client(s3_env).upload_file(str(ptb_dir / "patient001" / name), BUCKET, f"chain/records/{name}")
+    record = f"s3://{BUCKET}/chain/records/s0010_re.hea"
+    results = {}
+    for model in (f"{exports}/ecg", f"{exports}/ecg/1/tflite/model_float32.tflite"):
+        done = run_cli("ecg_tfx.predict", [f"--model={model}", "--json", record], s3_env)
+        [results[model]] = json.loads(done.stdout)
+    saved_model, tflite = results.values()
+    assert saved_model["file"] == record and saved_model["duration_s"] == pytest.approx(38.4)
+    assert saved_model["diagnosis"] == tflite["diagnosis"]
+
+    server = subprocess.Popen([sys.executable, "-m", "ecg_tfx.serve", f"--model_base_path={exports}/ecg", "--port=0"],
+                              cwd=REPO, env=s3_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()  # printed once every version is loaded
+        assert "serving model ecg versions [1]" in line, server.stderr.read()[-3000:] if server.poll() else line
+        url = line.rsplit(" at ", 1)[1].strip()
+        with urllib.request.urlopen(url, timeout=30) as response:
+            status = json.loads(response.read())
+        assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        server.terminate()
+        assert server.wait(60) == 0  # leaves through os._exit after s3, not with tensorflow-io's abort
