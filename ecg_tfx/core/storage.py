@@ -126,6 +126,25 @@ def local_copy(path: str, with_siblings: bool = False) -> Iterator[str]:
         yield os.path.join(scratch, name)
 
 
+@contextmanager
+def local_output(path: str) -> Iterator[str]:
+    """A local path to write `path` with libraries that write only local files (wfdb).
+
+    A local `path` is yielded as it is; for a URL (s3://, gs://) the files written in the block beside the yielded
+    path (a WFDB record's .hea and .dat) are copied to `path`'s folder when the block succeeds.
+    """
+    enable_filesystem(path)
+    if "://" not in path:
+        yield path
+        return
+    folder, name = path.rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="ecg_tfx-") as scratch:
+        yield os.path.join(scratch, name)
+        tf.io.gfile.makedirs(folder)
+        for written in sorted(os.listdir(scratch)):
+            tf.io.gfile.copy(os.path.join(scratch, written), join(folder, written), overwrite=True)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Writes a whole file atomically."""
     tmp = temporary_name(path)

@@ -125,7 +125,7 @@ def test_convert_and_train_on_s3(s3_env):
     assert read_json(s3_env, "runs/r1/run_info.json")["data_dir"] == data
 
 
-def test_train_export_predict_and_serve_with_every_path_on_s3(s3_env, tmp_path, ptb_dir):
+def test_train_export_sample_predict_and_serve_with_every_path_on_s3(s3_env, tmp_path):
     """Local data, everything after it on s3: each command reads and writes the paths it is given there."""
     data = tmp_path / "data"
     conversion.run(ConversionConfig(synthetic_patients=12, synthetic_records_per_patient=2, synthetic_duration_s=10,
@@ -139,15 +139,16 @@ def test_train_export_predict_and_serve_with_every_path_on_s3(s3_env, tmp_path, 
     exported = keys(s3_env, "chain/exports/ecg/1/")
     assert {"saved_model.pb", "tflite/model_float32.tflite", "export_report.json"} <= exported
 
-    for name in ("s0010_re.hea", "s0010_re.dat", "s0010_re.xyz"):
-        client(s3_env).upload_file(str(ptb_dir / "patient001" / name), BUCKET, f"chain/records/{name}")
-    record = f"s3://{BUCKET}/chain/records/s0010_re.hea"
+    run_cli("ecg_tfx.make_sample", [f"--output=s3://{BUCKET}/chain/records/af", "--condition=atrial_fibrillation",
+                                    "--duration_s=12", "--sample_rate=360"], s3_env)
+    assert keys(s3_env, "chain/records/") == {"af.hea", "af.dat"}
+    record = f"s3://{BUCKET}/chain/records/af.hea"
     results = {}
     for model in (f"{exports}/ecg", f"{exports}/ecg/1/tflite/model_float32.tflite"):
         done = run_cli("ecg_tfx.predict", [f"--model={model}", "--json", record], s3_env)
         [results[model]] = json.loads(done.stdout)
     saved_model, tflite = results.values()
-    assert saved_model["file"] == record and saved_model["duration_s"] == pytest.approx(38.4)
+    assert saved_model["file"] == record and saved_model["duration_s"] == pytest.approx(12)
     assert saved_model["diagnosis"] == tflite["diagnosis"]
 
     server = subprocess.Popen([sys.executable, "-m", "ecg_tfx.serve", f"--model_base_path={exports}/ecg", "--port=0"],
