@@ -25,7 +25,8 @@ _TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
 
 
 def read_header(path: str) -> wfdb.Record:
-    """Reads a single-segment WFDB header (no samples), raising RecordError if it is missing or garbled."""
+    """Reads a single-segment WFDB header (no samples), raising RecordError if it is missing or garbled, or if two
+    signals name one lead (e.g. 'II' and 'MLII', the same lead to `canonical_lead`)."""
     try:
         header = wfdb.rdheader(path)
     except FileNotFoundError:
@@ -40,6 +41,11 @@ def read_header(path: str) -> wfdb.Record:
     described = len(header.file_name or [])
     if described != header.n_sig:
         raise RecordError(path, f"header declares {header.n_sig} signals but describes {described}")
+    names: dict[str, str] = {}
+    for name in header.sig_name or []:
+        other = names.setdefault(canonical_lead(name), name)
+        if other != name or list(header.sig_name).count(name) > 1:
+            raise RecordError(path, f"signals {other!r} and {name!r} both name lead {canonical_lead(name)!r}")
     return header
 
 

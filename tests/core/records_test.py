@@ -11,7 +11,7 @@ import wfdb
 
 from ecg_tfx.core.records import STANDARD12, canonical_lead
 from ecg_tfx.data.sources.ptb import PTBSource
-from ecg_tfx.serving.predictors import diagnose, load_predictor
+from ecg_tfx.serving.predictors import InputError, diagnose, load_predictor, read_recording
 
 RECORD = "patient001/s0010_re"
 # What other databases call our 12 leads: MIT-BIH's MLII, the D-notation, other cases and inner whitespace (WFDB
@@ -54,3 +54,13 @@ def test_predict_reads_aliased_leads_as_ours(ptb_dir, tiny_export, tmp_path):
     assert aliased["diagnosis"] == original["diagnosis"]
     np.testing.assert_allclose([e["probability"] for e in aliased["top_k"]],
                                [e["probability"] for e in original["top_k"]], atol=1e-3)
+
+
+def test_two_signals_naming_one_lead_are_refused(ptb_dir, tmp_path):
+    rewrite_with_aliases(ptb_dir, tmp_path)
+    header = tmp_path / f"{RECORD}.hea"
+    header.write_text(header.read_text().replace(" DI\n", " II\n"))  # now II and MLII
+    with pytest.raises(InputError, match="signals 'II' and 'MLII' both name lead 'ii'"):
+        read_recording(str(header))
+    refs, failures = PTBSource(str(tmp_path)).refs()
+    assert not refs and "both name lead 'ii'" in failures[0].reason
