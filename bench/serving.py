@@ -106,7 +106,7 @@ def profile_request(version_dir: str, body: bytes, calls: int = 5, top: int = 8)
     import pstats
 
     from ecg_tfx.serving.rest.api import RestApi
-    from ecg_tfx.serving.rest.servables import Model
+    from ecg_tfx.serving.servables import Model
 
     api = RestApi({"ecg": Model.load("ecg", os.path.dirname(version_dir))})
     api.handle("POST", "/v1/models/ecg:predict", body)

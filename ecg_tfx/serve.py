@@ -1,7 +1,8 @@
-"""Serves exports over TF Serving's REST API on this machine (see `ecg_tfx.serving.rest`).
+"""Serves exports over TF Serving's REST and gRPC APIs on this machine (see `ecg_tfx.serving.rest` and `.grpc`).
 
     python -m ecg_tfx.serve --model_base_path=workspace/exports/ecg [--model_name=ecg] [--port=8501]
-                            [--host=127.0.0.1] [--max_request_bytes=33554432] [--version_labels=stable:1,canary:2]
+                            [--grpc_port=8500] [--host=127.0.0.1] [--max_request_bytes=33554432]
+                            [--max_concurrent_requests=32] [--read_timeout_s=30] [--version_labels=stable:1,canary:2]
 """
 
 from __future__ import annotations
@@ -13,19 +14,33 @@ import threading
 from absl import app, flags
 
 from ecg_tfx.core import storage
-from ecg_tfx.serving.rest.http import DEFAULT_MAX_REQUEST_BYTES, Server
-from ecg_tfx.serving.rest.servables import Model, parse_version_labels
+from ecg_tfx.serving.grpc.server import GrpcServer
+from ecg_tfx.serving.limits import DEFAULT_MAX_REQUEST_BYTES, RequestSlots, ServerLimits
+from ecg_tfx.serving.rest.http import Server
+from ecg_tfx.serving.servables import Model, parse_version_labels
 
+_DEFAULTS = ServerLimits()
 _MODEL_BASE_PATH = flags.DEFINE_string("model_base_path", None, "Folder holding integer version folders.",
                                        required=True)
 _MODEL_NAME = flags.DEFINE_string("model_name", "ecg", "Name the model is served under (/v1/models/<name>).")
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 exposes the server to the network.")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (REST and gRPC); 0.0.0.0 exposes the server to "
+                            "the network.")
 _PORT = flags.DEFINE_integer("port", 8501, "REST port (0: any free port, printed at start).", lower_bound=0)
+_GRPC_PORT = flags.DEFINE_integer("grpc_port", 8500, "gRPC port, TF Serving's PredictionService and ModelService "
+                                  "(0: any free port, printed at start; -1: no gRPC).", lower_bound=-1)
 _MAX_REQUEST_BYTES = flags.DEFINE_integer("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES,
-                                          "Larger request bodies are refused with 413.", lower_bound=1)
+                                          "Larger request bodies are refused: 413 (REST), RESOURCE_EXHAUSTED (gRPC).",
+                                          lower_bound=1)
+_MAX_CONCURRENT_REQUESTS = flags.DEFINE_integer(
+    "max_concurrent_requests", _DEFAULTS.max_concurrent_requests, "Requests in flight at once, REST and gRPC "
+    "together (reading their body, queued or running); more are refused at once with 429 / RESOURCE_EXHAUSTED. "
+    "Buffered bodies take at most this times --max_request_bytes of memory.", lower_bound=1)
+_READ_TIMEOUT_S = flags.DEFINE_float("read_timeout_s", _DEFAULTS.read_timeout_s, "Seconds a REST client may take "
+                                     "to send its request body; slower ones get 408.", lower_bound=0.001)
 _VERSION_LABELS = flags.DEFINE_string("version_labels", "", "Version labels, e.g. stable:1,canary:2.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", os.cpu_count() or 1, "Worker threads running model calls in "
-                                    "parallel; more than the cores only adds queueing jitter.", lower_bound=1)
+                                    "parallel (per protocol); more than the cores only adds queueing jitter.",
+                                    lower_bound=1)
 
 
 def main(argv: list[str]) -> None:
@@ -36,15 +51,23 @@ def main(argv: list[str]) -> None:
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     model = Model.load(_MODEL_NAME.value, _MODEL_BASE_PATH.value, labels)
-    server = Server({model.name: model}, _HOST.value, _PORT.value, _MAX_REQUEST_BYTES.value, _NUM_THREADS.value)
+    models = {model.name: model}
+    limits = ServerLimits(_MAX_REQUEST_BYTES.value, _MAX_CONCURRENT_REQUESTS.value, _READ_TIMEOUT_S.value)
+    slots = RequestSlots(limits.max_concurrent_requests)  # one cap for both protocols: they share the model
+    servers = [Server(models, _HOST.value, _PORT.value, limits, _NUM_THREADS.value, slots)]
+    if _GRPC_PORT.value >= 0:
+        servers.append(GrpcServer(models, _HOST.value, _GRPC_PORT.value, limits, _NUM_THREADS.value, slots))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    server.start()
+    for server in servers:
+        server.start()
+    grpc_text = f" and gRPC {servers[1].target}" if len(servers) > 1 else ""
     print(f"serving model {model.name} versions {sorted(model.servables)} labels {dict(model.labels)} at "
-          f"{server.url}/v1/models/{model.name}", flush=True)
+          f"{servers[0].url}/v1/models/{model.name}{grpc_text}", flush=True)
     stop.wait()
-    server.stop()
+    for server in servers:
+        server.stop()
 
 
 if __name__ == "__main__":

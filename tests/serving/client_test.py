@@ -1,4 +1,4 @@
-"""The REST and gRPC clients against a real `serving.exporter.export_run` SavedModel served by `ecg_tfx.serve`.
+"""The REST client against a real `serving.exporter.export_run` SavedModel served by `ecg_tfx.serve`.
 
 The run is built as in export_test (a ModelSpec and a registry CNN saved to a run folder) but left untrained and
 small, so exporting takes seconds; training is not what these tests are about.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-from concurrent import futures
 
 import numpy as np
 import pytest
@@ -17,11 +16,9 @@ import tensorflow as tf
 from ecg_tfx.core import schema
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.serving import client
-from ecg_tfx.serving.rest.api import classify as rest_classify
-from ecg_tfx.serving.rest.api import run_signature
 from ecg_tfx.serving.rest.http import Server
-from ecg_tfx.serving.rest.servables import Model, Servable
 from ecg_tfx.serving.saved_model import SIGNATURES
+from ecg_tfx.serving.servables import Model, Servable
 
 
 @pytest.fixture(scope="module")
@@ -114,47 +111,3 @@ def test_errors_raise_serving_error_with_status_and_message(rest):
         client.RestClient(rest.url, "ecg", label="beta").metadata()
     with pytest.raises(ValueError, match="not both"):
         client.RestClient(rest.url, version=1, label="stable")
-
-
-def test_grpc_client_speaks_tf_servings_protos(servable, spec):
-    """GrpcClient against an in-process gRPC PredictionService answering from the real SavedModel."""
-    grpc = pytest.importorskip("grpc")
-    pytest.importorskip("tensorflow_serving.apis")
-    from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
-
-    class Predictions(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):  # noqa: N802 - gRPC's method name
-            assert (request.model_spec.name, request.model_spec.version_label) == ("ecg", "stable")
-            inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
-            outputs = run_signature(servable, request.model_spec.signature_name, inputs)
-            response = predict_pb2.PredictResponse()
-            for name, value in outputs.items():
-                response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
-            return response
-
-        def Classify(self, request, context):  # noqa: N802
-            examples = [e.SerializeToString() for e in request.input.example_list.examples]
-            response = classification_pb2.ClassificationResponse()
-            for result in rest_classify(servable, request.model_spec.signature_name, examples)["results"]:
-                response.result.classifications.add().classes.extend(
-                    classification_pb2.Class(label=label, score=score) for label, score in result)
-            return response
-
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Predictions(), grpc_server)
-    port = grpc_server.add_insecure_port("127.0.0.1:0")
-    grpc_server.start()
-    stub = client.GrpcClient(f"127.0.0.1:{port}", "ecg", label="stable")
-    try:
-        ecg = np.random.default_rng(2).normal(size=(1, 500, 12)).astype(np.float32)
-        served = stub.predict(ecg, 100)
-        direct = servable.functions["serving_default"](ecg=tf.constant(ecg), sample_rate=tf.constant([100.0]))
-        np.testing.assert_allclose(served["probabilities"], direct["probabilities"].numpy(), atol=1e-6)
-        assert served["class_name"].tolist() == direct["class_name"].numpy().tolist()
-        examples = windows(spec, 2, seed=3)
-        scores = [[score for _, score in result] for result in stub.classify(examples)]
-        expected = servable.functions["classify"](inputs=tf.constant(examples))["scores"].numpy()
-        np.testing.assert_allclose(scores, expected, atol=1e-6)
-    finally:
-        stub.close()
-        grpc_server.stop(None)

@@ -25,7 +25,7 @@ from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.serving import client, predictors
 from ecg_tfx.serving.contract import ContractError, InputContract
 from ecg_tfx.serving.rest.http import Server
-from ecg_tfx.serving.rest.servables import Model
+from ecg_tfx.serving.servables import Model
 
 CONTRACT = InputContract(min_seconds=2.5)
 RATE = "sample_rate must lie in [50, 10000] Hz; got {} Hz"

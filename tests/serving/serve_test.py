@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ecg_tfx.serving.client import GrpcClient
 from ecg_tfx.serving.errors import ServingError
+from ecg_tfx.serving.limits import ServerLimits
 from ecg_tfx.serving.rest.http import Server
 from ecg_tfx.serving.rest.json_tensors import tensor_from_json
-from ecg_tfx.serving.rest.servables import Model, parse_version_labels
 from ecg_tfx.serving.saved_model import set_method_name
+from ecg_tfx.serving.servables import Model, parse_version_labels
 
 LEADS = 12
 LABELS = ("normal", "mi", "other")
@@ -102,7 +104,7 @@ def toy_base(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def server(toy_base):
     model = Model.load("ecg", str(toy_base), {"stable": 1, "canary": 2})
-    with Server({"ecg": model}, max_request_bytes=MAX_REQUEST_BYTES) as running:
+    with Server({"ecg": model}, limits=ServerLimits(max_request_bytes=MAX_REQUEST_BYTES)) as running:
         yield running
 
 
@@ -329,13 +331,18 @@ def test_labels_must_point_at_loaded_versions(toy_base):
 
 def test_cli_serves_in_a_subprocess_until_terminated(toy_base):
     process = subprocess.Popen([sys.executable, "-m", "ecg_tfx.serve", f"--model_base_path={toy_base}", "--port=0",
-                                "--version_labels=stable:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=pathlib.Path(__file__).resolve().parents[2])
+                                "--grpc_port=0", "--version_labels=stable:1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=pathlib.Path(__file__).resolve().parents[2])
     try:
         line = process.stdout.readline()
         assert "serving model ecg versions [1, 2] labels {'stable': 1} at http://127.0.0.1:" in line, \
             process.stderr.read() if process.poll() is not None else line
         host_port = line.split("http://")[1].split("/")[0]
+        grpc_client = GrpcClient(line.split(" and gRPC ")[1].strip(), "ecg")
+        try:
+            assert grpc_client.status()["model_version_status"][0]["version"] == "2"
+        finally:
+            grpc_client.close()
         connection = http.client.HTTPConnection(host_port, timeout=60)
         connection.request("POST", "/v1/models/ecg/labels/stable:predict", json.dumps(columnar(ECG)))
         response = connection.getresponse()

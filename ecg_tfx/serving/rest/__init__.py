@@ -1,1 +1,1 @@
-"""TF Serving's REST API for our exports: loaded servables, JSON <-> tensors, request handling and the HTTP server."""
+"""TF Serving's REST API for our exports: JSON <-> tensors, request routing and the HTTP server."""

@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,10 +17,15 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from ecg_tfx.core import compat
-from ecg_tfx.serving.errors import ServingError, invalid_argument
+from ecg_tfx.serving.errors import ServingError, from_code, invalid_argument
 
 INT64_MAX = 2**63 - 1
 MAX_QUOTED_JSON = 200  # characters of a request value quoted back in an error message
+# Nesting levels of arrays and objects a request may use (an ECG predict request uses 5): deeper documents get 400
+# before any code walks them recursively (numpy arrays have at most 32 dimensions).
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 
 
 def _quote(value: Any) -> str:
@@ -104,7 +110,7 @@ def _converter(dtype: int) -> tuple[np.dtype, Callable[[Any], Any]]:
         return np.dtype(object), to_bytes
 
     def unsupported(value: Any) -> None:
-        raise ServingError(501, f"Conversion of JSON Value: {_quote(value)} to type: {name}")
+        raise from_code("UNIMPLEMENTED", f"Conversion of JSON Value: {_quote(value)} to type: {name}")
 
     return np.dtype(object), unsupported
 
@@ -187,16 +193,28 @@ def tensor_from_json(value: Any, dtype: int) -> np.ndarray:
     return array.reshape(shape)
 
 
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects in a valid JSON document (brackets inside strings do not count)."""
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS), np.uint8)
+    steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def parse_json_object(body: bytes) -> dict:
     """The request body as a JSON object; NaN and Infinity are accepted, as by TF Serving's parser."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    too_deep = invalid_argument(f"JSON Parse error: nested deeper than {MAX_JSON_DEPTH} arrays and objects")
     try:
         doc = json.loads(body)
+    except RecursionError:  # far deeper than the limit: Python's parser gives up first
+        raise too_deep from None
     except UnicodeDecodeError as error:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from None
     except json.JSONDecodeError as error:
         raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise too_deep
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {_quote(doc)} Is not object")
     return doc
@@ -233,7 +251,7 @@ def _instances_to_tensors(instances: list, infos: Mapping[str, meta_graph_pb2.Te
                 raise invalid_argument(f"Expecting shape [{','.join(map(str, first.shape))}] but got: "
                                        f"[{','.join(map(str, tensor.shape))}]")
         except ServingError as error:
-            if error.status != 400:
+            if error.code != "INVALID_ARGUMENT":
                 raise
             raise invalid_argument(f"Failed to process element: {index}{context} of 'instances' list. Error: "
                                    f"INVALID_ARGUMENT: {error.message}") from None
