@@ -6,7 +6,7 @@
     out["class_name"], out["probabilities"]
     client.classify(serialized_examples)              # [[(label, score), ...] per example]
 
-Both talk to TF Serving (REST on 8501, gRPC on 8500) and the REST one also to `python -m ecg_tfx.serve`.
+Both talk to TF Serving and to `python -m ecg_tfx.serve` (REST on 8501, gRPC on 8500).
 Failures raise ServingError with the HTTP status (REST) or gRPC code and the server's message.
 """
 
@@ -133,7 +133,7 @@ class RestClient:
 
 
 class GrpcClient:
-    """The same calls over TF Serving's gRPC API (port 8500); needs `tensorflow-serving-api` and grpcio."""
+    """The same calls over TF Serving's gRPC API (port 8500), with the stubs of `tensorflow-serving-api`."""
 
     def __init__(self, target: str = DEFAULT_GRPC_TARGET, model: str = "ecg", version: int | None = None,
                  label: str | None = None, timeout: float = 60.0):

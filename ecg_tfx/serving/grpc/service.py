@@ -163,7 +163,5 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         if not spec.name:
             raise invalid_argument("Missing model name in request.")
         model = find_model(self.models, spec.name)
-        version = spec.version.value if spec.HasField("version") else None
-        if spec.HasField("version_label"):
-            version = model.servable(None, spec.version_label).version
+        version = spec.version.value if spec.HasField("version") else None  # a label is ignored, as by TF Serving
         return json_format.ParseDict(status_response(model, version), get_model_status_pb2.GetModelStatusResponse())
