@@ -1,5 +1,5 @@
 """What a request does whatever its transport (REST or gRPC), as TF Serving does it: find the servable, check and
-run a signature, classify, and the status and metadata answers. Errors are ServingErrors worded as TF Serving's."""
+run a signature, classify, and the status answer. Errors are ServingErrors worded as TF Serving's."""
 
 from __future__ import annotations
 
