@@ -15,6 +15,7 @@ from ecg_tfx.core.manifest import SPLITS, Manifest
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.core.run_folder import CHECKPOINTS, RunFolder
 from ecg_tfx.evaluation import plots
+from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.evaluation.evaluate import evaluate, summary
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run folder (model.keras, best.keras, model_spec.json).")
@@ -44,9 +45,10 @@ def main(argv: list[str]) -> None:
     spec = ModelSpec.load(run.path)
     model = keras.saving.load_model(model_path, compile=False)
     out_dir = _OUT_DIR.value or run.evaluation_dir(_SPLIT.value, _CHECKPOINT.value)
+    decision = Decision.load(run.decision) if tf.io.gfile.exists(run.decision) else None  # None: the defaults
     try:
         result = evaluate(model, spec, _DATA_DIR.value, Manifest.load(_DATA_DIR.value), _SPLIT.value, out_dir,
-                          _BATCH_SIZE.value)
+                          _BATCH_SIZE.value, decision)
     except ValueError as error:
         sys.exit(f"error: {error}")
     if tf.io.gfile.exists(run.history):

@@ -45,6 +45,11 @@ class RunFolder:
         return self.file("labels.json")
 
     @property
+    def decision(self) -> str:
+        """The Decision fitted on validation (calibration, thresholds, abstention) that the export serves."""
+        return self.file("decision.json")
+
+    @property
     def flags(self) -> str:
         return self.file("flags.txt")
 

@@ -3,7 +3,10 @@
 Each stored window is scored as in serving (`model_spec.window_probabilities`: the mean over its sliding model
 inputs); a record's probabilities are the mean over its windows. Outputs, each written atomically:
 metrics.json, classification_report.txt, confusion_matrix.png, roc.png, sample_predictions.png and
-predictions.csv / record_predictions.csv (one row per window / record, for error analysis).
+predictions.csv / record_predictions.csv (one row per window / record, for error analysis). Per record, metrics.json
+also holds bootstrap 95% CIs (`record.confidence_intervals`) and the served decision's assessment (`decision`:
+calibration ECE before/after, thresholded per-class metrics, abstention, its CIs), drawn in reliability.png and
+coverage.png.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from ecg_tfx.core import storage
 from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
 from ecg_tfx.data.input_pipeline import make_dataset
+from ecg_tfx.evaluation import decision as decisions
 from ecg_tfx.evaluation import plots
+from ecg_tfx.evaluation.bootstrap import confidence_intervals
+from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.evaluation.metrics import THRESHOLD, aggregate_by_record, compute_metrics
 
 SAMPLE_TRACES = 6
@@ -87,19 +93,38 @@ def predict(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: st
     return Predictions(record_ids, np.concatenate(probabilities), np.concatenate(targets), samples.chosen())
 
 
-def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: str, out_dir: str,
-             batch_size: int = 64) -> dict:
-    """Scores `split` per window and per record, writes all outputs into `out_dir`, returns metrics.json's dict."""
+def fit_decision(model, spec: ModelSpec, data_dir: str, manifest: Manifest, batch_size: int = 64,
+                 target_accuracy: float = decisions.TARGET_ACCURACY) -> Decision:
+    """The Decision fitted on the validation split's per-record probabilities (`evaluation.decision`)."""
     manifest.check_compatible(spec)
+    predictions = predict(model, spec, data_dir, manifest, "validation", batch_size)
+    _, probabilities, targets = aggregate_by_record(predictions.record_ids, predictions.probabilities,
+                                                    predictions.targets)
+    return decisions.fit(probabilities, targets, spec.multi_label, "validation", target_accuracy)
+
+
+def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: str, out_dir: str,
+             batch_size: int = 64, decision: Decision | None = None) -> dict:
+    """Scores `split` per window and per record, writes all outputs into `out_dir`, returns metrics.json's dict.
+
+    `decision` is what the export serves (fitted on validation); None assesses the defaults (argmax / 0.5).
+    """
+    manifest.check_compatible(spec)
+    decision = decision or Decision.default(len(spec.labels), spec.multi_label)
     predictions = predict(model, spec, data_dir, manifest, split, batch_size)
     records, record_probabilities, record_targets = aggregate_by_record(
         predictions.record_ids, predictions.probabilities, predictions.targets)
+    record = compute_metrics(record_targets, record_probabilities, spec.labels, spec.multi_label)
+    record["confidence_intervals"] = confidence_intervals(  # of the metrics above: argmax or THRESHOLD
+        record_targets, record_probabilities,
+        Decision.default(len(spec.labels), spec.multi_label).present(record_probabilities), spec.multi_label)
     result = {
         "split": split,
         "examples": len(predictions.record_ids),
         "records": len(records),
         "window": compute_metrics(predictions.targets, predictions.probabilities, spec.labels, spec.multi_label),
-        "record": compute_metrics(record_targets, record_probabilities, spec.labels, spec.multi_label),
+        "record": record,
+        "decision": decisions.assess(decision, spec.labels, record_targets, record_probabilities),
     }
     tf.io.gfile.makedirs(out_dir)
     storage.write_json(storage.join(out_dir, "metrics.json"), result)
@@ -109,7 +134,24 @@ def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: s
     storage.write_bytes(storage.join(out_dir, "record_predictions.csv"), _predictions_csv(
         records, record_probabilities, record_targets, spec))
     _write_figures(out_dir, result, predictions, (record_targets, record_probabilities), spec)
+    _write_decision_figures(out_dir, result, decision, record_targets, record_probabilities)
     return result
+
+
+def _write_decision_figures(out_dir: str, result: dict, decision: Decision, targets: np.ndarray,
+                            probabilities: np.ndarray) -> None:
+    """reliability.png (calibration before/after) and coverage.png (accuracy against coverage), per record."""
+    assessed = result["decision"]
+    title = f"{result['split']} split, records (n={result['records']})"
+    storage.write_bytes(storage.join(out_dir, "reliability.png"), plots.reliability_png(
+        {f"raw (ECE {assessed['ece_before']:.3f})": assessed["reliability_before"],
+         f"calibrated (ECE {assessed['ece_after']:.3f})": assessed["reliability_after"]},
+        f"Reliability, {title}", "class probability" if decision.multi_label else "confidence (max probability)"))
+    calibrated = decision.calibration.apply(probabilities)
+    right = decisions.correct(decision.present(calibrated), targets)
+    _, coverage, accuracy = decisions.coverage_curve(decision.confidence(calibrated), right)
+    storage.write_bytes(storage.join(out_dir, "coverage.png"), plots.coverage_png(
+        coverage, accuracy, assessed["abstention"], f"Accuracy against coverage, {title}"))
 
 
 def _panel_titles(result: dict) -> tuple[str, str]:
@@ -179,6 +221,8 @@ def _report(result: dict) -> str:
 def summary(result: dict, out_dir: str) -> str:
     """A few headline numbers per level, for the terminal."""
     keys = ("accuracy", "subset_accuracy", "hamming_loss", "roc_auc_macro", "sensitivity", "specificity")
+    assessed = result["decision"]
+    abstention = assessed["abstention"]
     lines = [f"{result['split']}: {result['examples']} windows, {result['records']} records -> {out_dir}"]
     for level in ("window", "record"):
         metrics = result[level]
@@ -186,4 +230,13 @@ def summary(result: dict, out_dir: str) -> str:
         values = {"macro_f1": f1, **{key: metrics[key] for key in keys if key in metrics}}
         lines.append(f"  {level:6s} " + "  ".join(
             f"{key}={'n/a' if value is None else f'{value:.3f}'}" for key, value in values.items()))
+    intervals = result["record"]["confidence_intervals"]
+    lines.append("  record 95% CI " + "  ".join(
+        f"{key}=[{value[0]:.3f}, {value[1]:.3f}]" for key, value in intervals.items()
+        if key in ("roc_auc_macro", "f1_macro", "accuracy") and value))
+    answered = abstention["accuracy_answered"]
+    answered = "n/a" if answered is None else f"{answered:.3f}"
+    lines.append(f"  decision: ECE {assessed['ece_before']:.3f} -> {assessed['ece_after']:.3f} calibrated, "
+                 f"macro F1 {assessed['f1_macro'] or 0:.3f}, coverage {abstention['coverage']:.1%} at confidence >= "
+                 f"{abstention['threshold']:.3f} (accuracy answered {answered})")
     return "\n".join(lines)

@@ -121,6 +121,53 @@ def roc_png(panels: Mapping[str, tuple[np.ndarray, np.ndarray]], labels: Sequenc
     return _png(figure)
 
 
+def reliability_png(panels: Mapping[str, Mapping], title: str, confidence_label: str) -> bytes:
+    """Reliability diagram: per panel (e.g. raw, calibrated) the observed frequency against the mean confidence of
+    each bin of `calibration.reliability` (marker area = examples in the bin), and the diagonal of perfect
+    calibration."""
+    figure = Figure(figsize=(5.4 * len(panels), 5.4), layout="constrained")
+    figure.suptitle(title)
+    for index, (panel, bins) in enumerate(panels.items()):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        filled = [i for i, count in enumerate(bins["counts"]) if count]
+        edges = np.linspace(0, 1, bins["bins"] + 1)
+        axes.bar(edges[:-1], [bins["frequency"][i] or 0 for i in range(bins["bins"])], width=1 / bins["bins"],
+                 align="edge", alpha=0.3, edgecolor="tab:blue", label="observed frequency per bin")
+        counts = np.array([bins["counts"][i] for i in filled], dtype=float)
+        axes.scatter([bins["mean_confidence"][i] for i in filled], [bins["frequency"][i] for i in filled],
+                     s=20 + 200 * counts / max(counts.max(), 1), color="tab:blue", zorder=3)
+        axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_aspect("equal")
+        axes.set_xlabel(confidence_label)
+        axes.set_ylabel("observed frequency")
+        axes.set_title(panel)
+        axes.grid(alpha=0.3)
+        axes.legend(loc="upper left", fontsize="small")
+    return _png(figure)
+
+
+def coverage_png(coverage: np.ndarray, accuracy: np.ndarray, chosen: Mapping, title: str) -> bytes:
+    """Accuracy of the answered examples against coverage as the confidence threshold falls; the chosen
+    threshold's point (`chosen`: the `abstention` entry of metrics.json's decision) is marked."""
+    figure = Figure(figsize=(6.4, 4.8), layout="constrained")
+    axes = figure.add_subplot(1, 1, 1)
+    axes.step(coverage, accuracy, where="post", color="tab:blue", label="answered at confidence >= threshold")
+    if chosen["accuracy_answered"] is not None:
+        axes.plot([chosen["coverage"]], [chosen["accuracy_answered"]], "o", color="tab:red", markersize=8,
+                  label=f"threshold {chosen['threshold']:.3f}: coverage {chosen['coverage']:.0%}, "
+                        f"accuracy {chosen['accuracy_answered']:.1%}")
+    axes.set_xlim(0, 1.01)
+    axes.set_ylim(0, 1.01)
+    axes.set_xlabel("coverage (share of examples answered)")
+    axes.set_ylabel("accuracy of the answered")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower left", fontsize="small")
+    return _png(figure)
+
+
 def sample_predictions_png(
     signals: np.ndarray,
     sample_rate_hz: float,

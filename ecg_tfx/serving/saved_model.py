@@ -7,12 +7,14 @@ all stock TF ops so the export loads without this package, each enforcing the in
   preprocessed, cut into model inputs; the probabilities are averaged over all model inputs of a recording.
 - `serve_examples`: `examples` serialized tf.Example in the converter's schema -> one prediction per window.
 - `classify`: TF Serving's Classify API (`inputs` -> `classes`, `scores`).
-Each returns `probabilities` [batch, classes], `class_id` int64, `class_name` string and `confidence` float32
-(classify: `classes`, `scores`).
+Each returns the calibrated `probabilities` [batch, classes], `class_id` int64 and `class_name` string (their
+argmax) and the fitted decision's `present`, `present_names`, `confidence`, `reason` and `decision` (`decide.py`;
+classify: `classes` and the calibrated `scores`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -27,7 +29,9 @@ from ecg_tfx.core import compat, schema, storage
 from ecg_tfx.core.model_spec import ModelSpec, frame, window_probabilities
 from ecg_tfx.dsp.preprocessing import preprocess
 from ecg_tfx.dsp.resample import resample
+from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving.contract import InputContract, checked_recordings, checked_windows
+from ecg_tfx.serving.decide import calibrate, decision_outputs
 
 LABELS_FILE = "labels.txt"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -35,12 +39,14 @@ SIGNATURES = ("serving_default", "serve_examples", "classify")
 
 
 class ExportModule(tf.Module):
-    """The served graph: the Keras model behind the run's ModelSpec, with metadata readable after loading."""
+    """The served graph: the Keras model behind the run's ModelSpec and fitted Decision, with metadata readable
+    after loading."""
 
-    def __init__(self, model: keras.Model, spec: ModelSpec, labels_path: str):
+    def __init__(self, model: keras.Model, spec: ModelSpec, decision: Decision, labels_path: str):
         super().__init__(name="ecg_export")
         self.model = model
         self._spec = spec
+        self._decision = decision
         self._contract = InputContract.for_spec(spec)
         self.class_names = tf.Variable(list(spec.labels), trainable=False, name="class_names")
         self.leads = tf.Variable(list(spec.leads), trainable=False, name="leads")
@@ -48,6 +54,8 @@ class ExportModule(tf.Module):
         self.window_samples = tf.Variable(spec.window_samples, dtype=tf.int64, trainable=False, name="window_samples")
         self.model_spec_json = tf.Variable(spec.dumps(), trainable=False, name="model_spec_json")
         self.input_contract_json = tf.Variable(self._contract.dumps(), trainable=False, name="input_contract_json")
+        self.decision_json = tf.Variable(json.dumps(decision.to_json(), sort_keys=True), trainable=False,
+                                         name="decision_json")
         self.labels_file = tf.saved_model.Asset(labels_path)
         num_leads = len(spec.leads)
         self.serve_ecg = tf.function(self._serve_ecg, input_signature=[
@@ -58,16 +66,19 @@ class ExportModule(tf.Module):
         self.classify = tf.function(self._classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
     def serve(self, windows: tf.Tensor) -> tf.Tensor:
-        """The core: raw mV windows [n, window_samples, leads] at the spec's rate -> probabilities [n, classes]."""
+        """The core: raw mV windows [n, window_samples, leads] at the spec's rate -> raw probabilities [n, classes]."""
         return window_probabilities(self.model, preprocess(windows, self._spec.preprocessing), self._spec)
 
     def _outputs(self, probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
-        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        """Raw probabilities -> calibrated ones, their argmax and the decision (the signal-quality gate's verdict
+        will be passed to `decision_outputs` as `poor_signal`)."""
+        calibrated = calibrate(probabilities, self._decision.calibration)
+        class_id = tf.argmax(calibrated, axis=-1, output_type=tf.int64)
         return {
-            "probabilities": probabilities,
+            "probabilities": calibrated,
             "class_id": class_id,
             "class_name": tf.gather(self.class_names, class_id),
-            "confidence": tf.reduce_max(probabilities, axis=-1),
+            **decision_outputs(calibrated, self._decision, tf.convert_to_tensor(self.class_names)),
         }
 
     def _serve_ecg(self, ecg: tf.Tensor, sample_rate: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -84,7 +95,7 @@ class ExportModule(tf.Module):
         return self._outputs(self.serve(self._parse(examples)))
 
     def _classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-        scores = self.serve(self._parse(inputs))
+        scores = calibrate(self.serve(self._parse(inputs)), self._decision.calibration)
         classes = tf.tile(tf.convert_to_tensor(self.class_names)[tf.newaxis], [tf.shape(scores)[0], 1])
         return {"classes": classes, "scores": scores}
 
@@ -93,7 +104,7 @@ class ExportModule(tf.Module):
 
     @tf.function(input_signature=[])
     def metadata(self) -> dict[str, tf.Tensor]:
-        """Class names, leads, sample rate, window length, the full ModelSpec JSON and the input contract's JSON."""
+        """Class names, leads, sample rate, window length and the JSON of the ModelSpec, input contract and Decision."""
         return {
             "class_names": tf.convert_to_tensor(self.class_names),
             "leads": tf.convert_to_tensor(self.leads),
@@ -101,17 +112,18 @@ class ExportModule(tf.Module):
             "window_samples": tf.convert_to_tensor(self.window_samples),
             "model_spec_json": tf.convert_to_tensor(self.model_spec_json),
             "input_contract_json": tf.convert_to_tensor(self.input_contract_json),
+            "decision_json": tf.convert_to_tensor(self.decision_json),
         }
 
 
 
-def write_saved_model(model: keras.Model, spec: ModelSpec, path: str, model_name: str) -> None:
+def write_saved_model(model: keras.Model, spec: ModelSpec, decision: Decision, path: str, model_name: str) -> None:
     """Writes the SavedModel with its three signatures, labels asset and warm-up requests to `path`."""
     with tempfile.TemporaryDirectory() as scratch:
         labels_path = os.path.join(scratch, LABELS_FILE)
         with open(labels_path, "w") as f:
             f.write("".join(f"{name}\n" for name in spec.labels))
-        module = ExportModule(model, spec, labels_path)
+        module = ExportModule(model, spec, decision, labels_path)
         signatures = {
             "serving_default": module.serve_ecg.get_concrete_function(),
             "serve_examples": module.serve_examples.get_concrete_function(),

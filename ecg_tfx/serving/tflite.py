@@ -1,6 +1,7 @@
-"""TFLite export for phones: a window model (raw mV window -> probabilities, preprocessing inside) converted to
-float32 and int8 with builtin ops only, its interpreter wrapper, and the report of size, latency and agreement
-with the SavedModel (`export_report.json`)."""
+"""TFLite export for phones: a window model (raw mV window -> calibrated probabilities, preprocessing and
+calibration inside) converted to float32 and int8 with builtin ops only, its interpreter wrapper, and the report
+of size, latency and agreement with the SavedModel (`export_report.json`). The fitted decision's thresholds and
+abstention threshold travel beside it in `tflite/decision.json` for the app to apply."""
 
 from __future__ import annotations
 
@@ -18,17 +19,21 @@ from ecg_tfx.core import schema, storage
 from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
 from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving.contract import InputContract, check_finite
+from ecg_tfx.serving.decide import calibrate
 
 TFLITE_DIR = "tflite"
+DECISION_FILE = "decision.json"
 MIN_AGREEMENT = 0.9  # argmax agreement with the SavedModel below which a TFLite model is marked unusable
 REPRESENTATIVE_WINDOWS = 64  # training windows that calibrate the int8 quantization
 AGREEMENT_WINDOWS = 256  # test windows that measure TFLite vs SavedModel agreement
 LATENCY_RUNS = 10  # batch-1 calls whose median is reported
 
 
-def save_window_model(model: keras.Model, spec: ModelSpec, path: str) -> None:
-    """Saves the TFLite source graph: raw mV window [1, window_samples, leads] at the spec's rate -> probabilities.
+def save_window_model(model: keras.Model, spec: ModelSpec, decision: Decision, path: str) -> None:
+    """Saves the TFLite source graph: raw mV window [1, window_samples, leads] at the spec's rate -> calibrated
+    probabilities (as `serve_examples` returns them).
 
     Written with Keras' ExportArchive: the converter cannot freeze Keras 3 variables saved by a plain
     `tf.saved_model.save` ("missing attribute 'value'", tensorflow/tensorflow#62610).
@@ -37,8 +42,8 @@ def save_window_model(model: keras.Model, spec: ModelSpec, path: str) -> None:
     archive.track(model)
     archive.add_endpoint(
         "serving_default",
-        lambda ecg: {"probabilities": window_probabilities(  # TFLite has no inverse FFT: the same FIR, forward FFTs
-            model, preprocess(ecg, spec.preprocessing, method="rfft_only"), spec)},
+        lambda ecg: {"probabilities": calibrate(window_probabilities(  # TFLite has no inverse FFT: the same FIR,
+            model, preprocess(ecg, spec.preprocessing, method="rfft_only"), spec), decision.calibration)},  # forward FFTs
         input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32, name="ecg")])
     archive.write_out(path, verbose=False)
 
@@ -103,8 +108,9 @@ def median_ms(call: Callable[[], object], runs: int = LATENCY_RUNS) -> float:
     return 1000 * statistics.median(times)
 
 
-def write_tflite(model: keras.Model, spec: ModelSpec, path: str, data_dir: str) -> dict:
-    """Writes `tflite/model_{float32,int8}.tflite`, `model_spec.json` and `input_contract.json`; returns the report.
+def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: str, data_dir: str) -> dict:
+    """Writes `tflite/model_{float32,int8}.tflite`, `model_spec.json`, `input_contract.json` and `decision.json`;
+    returns the report.
 
     `model` must compute in float32 (`precision.with_compute_dtype`): TFLite has no bf16/fp16 kernels.
     """
@@ -125,13 +131,14 @@ def write_tflite(model: keras.Model, spec: ModelSpec, path: str, data_dir: str) 
     tf.io.gfile.makedirs(tflite_dir)
     spec.save(tflite_dir)
     InputContract.for_spec(spec).save(tflite_dir)
+    decision.save(storage.join(tflite_dir, DECISION_FILE))
 
     def representative() -> Iterator[list[np.ndarray]]:
         for window in calibration:
             yield [window[None]]
 
     with tempfile.TemporaryDirectory() as source:
-        save_window_model(model, spec, source)
+        save_window_model(model, spec, decision, source)
         converted = {kind: _convert_with_fallback(source, kind, representative) for kind in ("float32", "int8")}
     for kind, (content, quantization) in converted.items():
         file_name = f"model_{kind}.tflite"

@@ -22,14 +22,15 @@ from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.data import conversion
 from ecg_tfx.data.conversion import ConversionConfig
 from ecg_tfx.dsp.preprocessing import preprocess
-from ecg_tfx.evaluation.evaluate import evaluate
+from ecg_tfx.evaluation.decision import Decision
+from ecg_tfx.evaluation.evaluate import evaluate, fit_decision
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RATE = 100
 WINDOW = 250  # 2.5 s windows: 4 per 10 s record
 INPUT, EVAL_STRIDE = 200, 25  # 3 model inputs per window, at offsets 0, 25, 50
 OUTPUTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "roc.png", "sample_predictions.png",
-           "predictions.csv", "record_predictions.csv")
+           "reliability.png", "coverage.png", "predictions.csv", "record_predictions.csv")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_evaluate_writes_consistent_metrics_and_figures(data, tmp_path):
 
     for name in OUTPUTS:
         assert (tmp_path / name).stat().st_size > 0, name
-    for name in OUTPUTS[2:5]:
+    for name in OUTPUTS[2:7]:
         assert_png(tmp_path / name)
     split = manifest.splits["test"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -125,6 +126,36 @@ def test_evaluate_multi_label(data, tmp_path):
     assert result["records"] == manifest.splits["validation"].records
     assert set(result["record"]["confusion_matrices"]) == set(spec.labels)
     for name in ("confusion_matrix.png", "roc.png", "sample_predictions.png"):
+        assert_png(tmp_path / name)
+
+
+def test_decision_fitted_on_validation_is_assessed_on_test(data, tmp_path):
+    """The served decision: fitted on validation records only, then its calibration, thresholds, abstention and
+    CIs are reported per test record."""
+    data_dir, manifest = data
+    spec = make_spec(manifest, multi_label=True)
+    model = tiny_model(spec)
+    decision = fit_decision(model, spec, data_dir, manifest)
+    assert decision.fitted_on == {"split": "validation", "records": manifest.splits["validation"].records}
+    assert decision.calibration != Decision.default(len(spec.labels), True).calibration  # something was fitted
+    evaluate(model, spec, data_dir, manifest, "test", str(tmp_path), decision=decision)
+    assessed = json.loads((tmp_path / "metrics.json").read_text())["decision"]
+    assert assessed["decision"] == json.loads(json.dumps(decision.to_json()))
+    assert assessed["records"] == manifest.splits["test"].records
+    assert set(assessed["per_class"]) == set(spec.labels)
+    records = read_csv(tmp_path / "record_predictions.csv")
+    raw = probabilities(records, spec.labels)
+    targets = np.array([[label in row["true"].split(", ") for label in spec.labels] for row in records])
+    present = decision.present(decision.calibration.apply(raw))
+    assert assessed["accuracy"] == pytest.approx(np.mean(np.all(present == targets, axis=1)))
+    for name in ("roc_auc_macro", "f1_macro", "accuracy"):
+        low, high = assessed["confidence_intervals"][name] or (0, 1)
+        assert 0 <= low <= high <= 1
+    abstention = assessed["abstention"]
+    assert abstention["threshold"] == decision.abstain_below
+    answered = decision.confidence(decision.calibration.apply(raw)) >= decision.abstain_below
+    assert abstention["coverage"] == pytest.approx(answered.mean())
+    for name in ("reliability.png", "coverage.png"):
         assert_png(tmp_path / name)
 
 

@@ -24,6 +24,7 @@ from ecg_tfx.core.run_folder import RunFolder
 from ecg_tfx.data import conversion, input_pipeline, transform
 from ecg_tfx.data.sources.ptb import PTBSource
 from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving.exporter import REPORT_FILE, export_run
 from ecg_tfx.serving.saved_model import SIGNATURES, WARMUP_FILE, warmup_signal
 from ecg_tfx.serving.tflite import MIN_AGREEMENT, TFLITE_DIR, TFLiteRunner, read_windows
@@ -40,6 +41,12 @@ def loaded(tiny_export):
 @pytest.fixture(scope="session")
 def spec(tiny_export) -> ModelSpec:
     return ModelSpec.load(str(tiny_export["run"]))
+
+
+@pytest.fixture(scope="session")
+def decision(loaded) -> Decision:
+    """The decision the export serves (fitted on the tiny validation split at export: the run has none)."""
+    return Decision.from_json(json.loads(loaded.metadata()["decision_json"].numpy()))
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +135,8 @@ def test_saved_model_cli_lists_the_three_signatures(tiny_export):
     assert "Method name is: tensorflow/serving/classify" in classify
 
 
-def test_raw_ptb_record_at_1000_hz_matches_the_converter_path(loaded, spec, keras_model, ptb_dir, tmp_path):
+def test_raw_ptb_record_at_1000_hz_matches_the_converter_path(loaded, spec, keras_model, decision, ptb_dir,
+                                                              tmp_path):
     """No skew: serving_default on the raw 1000 Hz record == convert (500 Hz) -> TFRecord -> input pipeline."""
     config = conversion.ConversionConfig(source="ptb", input_dir=str(ptb_dir), sample_rate=500, max_records=2,
                                          split="0.5,0,0.5")
@@ -149,14 +157,16 @@ def test_raw_ptb_record_at_1000_hz_matches_the_converter_path(loaded, spec, kera
     assert record.sample_rate_hz == 1000
     raw = transform.select_leads(record, spec.leads)
     served = loaded.signatures["serving_default"](ecg=tf.constant(raw[None]), sample_rate=tf.constant([1000.0]))
-    np.testing.assert_allclose(served["probabilities"].numpy()[0], np.mean(windows, axis=0), atol=1e-4)
+    expected = decision.calibration.apply(np.mean(windows, axis=0)[None])[0]  # the record's mean, calibrated
+    np.testing.assert_allclose(served["probabilities"].numpy()[0], expected, atol=1e-4)
 
 
-def test_serve_examples_equals_the_keras_model_on_the_test_shards(tiny_export, loaded, spec, keras_model):
+def test_serve_examples_equals_the_keras_model_on_the_test_shards(tiny_export, loaded, spec, keras_model, decision):
     examples = _test_examples(tiny_export, spec)
     served = loaded.signatures["serve_examples"](examples=tf.constant(examples))
     signal = schema.parse_examples(tf.constant(examples), spec.window_samples, len(spec.leads))["signal"]
-    expected = window_probabilities(keras_model, preprocess(signal, spec.preprocessing), spec).numpy()
+    expected = decision.calibration.apply(
+        window_probabilities(keras_model, preprocess(signal, spec.preprocessing), spec).numpy())
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(served["class_id"].numpy(), expected.argmax(-1))
     np.testing.assert_allclose(served["confidence"].numpy(), expected.max(-1), atol=1e-5)
