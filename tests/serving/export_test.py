@@ -101,10 +101,19 @@ def test_plain_tensorflow_loads_and_calls_every_signature(tiny_export, spec):
         probabilities = np.array(out[name]["probabilities"][2])
         np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
         assert out[name]["class_name"][2] == [spec.labels[i] for i in probabilities.argmax(-1)]
+        assert out[name]["present"][:3] == ["bool", [batch, classes], np.eye(classes, dtype=bool)[
+            probabilities.argmax(-1)].tolist()]  # single-label: the argmax alone
+        for key in ("present_names", "reason", "decision"):
+            assert out[name][key][:2] == ["string", [batch]]
+        assert set(out[name]["reason"][2]) <= {"", "low_confidence"}
+        assert out[name]["decision"][2] == [
+            names if not reason else "inconclusive"
+            for names, reason in zip(out[name]["present_names"][2], out[name]["reason"][2])]
     assert out["classify"]["classes"][:2] == ["string", [3, classes]]
     assert out["classify"]["classes"][2][0] == list(spec.labels)
     np.testing.assert_allclose(out["classify"]["scores"][2], out["serve_examples"]["probabilities"][2], atol=1e-6)
     meta = out["metadata"]
+    assert json.loads(meta["decision_json"][2])["fitted_on"]["split"] == "validation"
     assert meta["class_names"][2] == list(spec.labels) and meta["leads"][2] == list(spec.leads)
     assert (meta["sample_rate_hz"][2], meta["window_samples"][2]) == (500, 5000)
     assert ModelSpec.from_json(json.loads(meta["model_spec_json"][2])) == spec
