@@ -137,8 +137,9 @@ def markdown(card: dict) -> str:
                       f"calibrated; coverage {abstention['coverage']:.1%} with accuracy "
                       f"{_number(abstention['accuracy_answered'])} on the answered.", "",
                       "| class | F1 | sensitivity | specificity | support |", "|---|---|---|---|---|"]
+            rows = [(name, served["per_class"][name]) for name in model["classes"]]  # in the model's class order
             lines += [f"| {name} | {_number(c['f1'])} | {_number(c['sensitivity'])} | {_number(c['specificity'])} "
-                      f"| {c['support']} |" for name, c in served["per_class"].items()]
+                      f"| {c['support']} |" for name, c in rows]
     else:
         lines.append("Not evaluated.")
     calibration = decision["calibration"]
