@@ -24,8 +24,12 @@ NO_CLASS = "none"
 
 
 def calibrate(probabilities: tf.Tensor, calibration: Calibration) -> tf.Tensor:
-    """Calibrated float32 probabilities [batch, classes] of raw ones (`calibration` module docstring)."""
-    p = tf.clip_by_value(tf.cast(probabilities, tf.float32), EPSILON, 1 - EPSILON)
+    """Calibrated float32 probabilities [batch, classes] of raw ones (`calibration` module docstring); the identity
+    (an uncalibrated run) adds no ops, so such an export computes exactly as before calibration existed."""
+    probabilities = tf.cast(probabilities, tf.float32)
+    if calibration == Calibration.identity(len(calibration.scale), calibration.multi_label):
+        return probabilities
+    p = tf.clip_by_value(probabilities, EPSILON, 1 - EPSILON)
     scale = tf.constant(calibration.scale, tf.float32)
     offset = tf.constant(calibration.offset, tf.float32)
     if calibration.multi_label:

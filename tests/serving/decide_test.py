@@ -64,3 +64,9 @@ def test_calibration_converts_to_tflite_builtins_and_matches():
     interpreter.invoke()
     np.testing.assert_allclose(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]),
                                calibration.apply(raw), atol=2e-6)
+
+
+def test_an_uncalibrated_decision_passes_the_probabilities_through_unchanged():
+    raw = tf.constant([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    for multi_label in (False, True):
+        np.testing.assert_array_equal(calibrate(raw, Calibration.identity(3, multi_label)).numpy(), raw.numpy())
