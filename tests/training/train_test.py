@@ -54,9 +54,12 @@ def test_each_model_trains_two_epochs(data_dir, tmp_path, model):
               "--batch_size=8", "--input_seconds=5", "--export=false")
     for name in ("model.keras", "best.keras", "model_spec.json", "labels.json", "flags.txt", "history.csv",
                  "training_history.png", "metrics.json", "classification_report.txt", "confusion_matrix.png",
-                 "roc.png", "sample_predictions.png"):
+                 "roc.png", "sample_predictions.png", "decision.json", "reliability.png", "coverage.png"):
         assert (tmp_path / name).is_file(), name
     assert [row["epoch"] for row in history(tmp_path)] == ["0", "1"]
+    decision = json.loads((tmp_path / "decision.json").read_text())
+    assert decision["fitted_on"]["split"] == "validation"  # and test metrics assess that decision:
+    assert json.loads((tmp_path / "metrics.json").read_text())["decision"]["decision"] == decision
     spec = ModelSpec.load(str(tmp_path))
     assert spec.model == model and spec.input_samples == 500 and len(spec.leads) == 12
     assert json.loads((tmp_path / "labels.json").read_text())["labels"] == list(spec.labels)
