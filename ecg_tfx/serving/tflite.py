@@ -42,8 +42,8 @@ def save_window_model(model: keras.Model, spec: ModelSpec, decision: Decision, p
     archive.track(model)
     archive.add_endpoint(
         "serving_default",
-        lambda ecg: {"probabilities": calibrate(window_probabilities(  # TFLite has no inverse FFT: the same FIR,
-            model, preprocess(ecg, spec.preprocessing, method="rfft_only"), spec), decision.calibration)},  # forward FFTs
+        lambda ecg: {"probabilities": calibrate(window_probabilities(  # TFLite has no inverse FFT: the same FIR
+            model, preprocess(ecg, spec.preprocessing, method="rfft_only"), spec), decision.calibration)},
         input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32, name="ecg")])
     archive.write_out(path, verbose=False)
 
