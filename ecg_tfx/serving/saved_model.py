@@ -8,8 +8,11 @@ all stock TF ops so the export loads without this package, each enforcing the in
 - `serve_examples`: `examples` serialized tf.Example in the converter's schema -> one prediction per window.
 - `classify`: TF Serving's Classify API (`inputs` -> `classes`, `scores`).
 Each returns the calibrated `probabilities` [batch, classes], `class_id` int64 and `class_name` string (their
-argmax) and the fitted decision's `present`, `present_names`, `confidence`, `reason` and `decision` (`decide.py`;
-classify: `classes` and the calibrated `scores`).
+argmax), the fitted decision's `present`, `present_names`, `confidence`, `reason` and `decision` (`decide.py`;
+classify: `classes` and the calibrated `scores`), and the signal-quality gate's verdict (`dsp/quality.py`, on the
+raw mV signal at the spec's rate): `bad_leads` bool [batch, leads], `heart_rate_bpm` float32 [batch] and
+`signal_unreadable` bool [batch]; an unreadable signal makes the decision "inconclusive" with reason "poor_signal".
+At a spec rate of 100 Hz the gate cannot see mains or most EMG noise (`quality.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, pr
 from ecg_tfx.core import compat, schema, storage
 from ecg_tfx.core.model_spec import ModelSpec, frame, window_probabilities
 from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.dsp.quality import signal_quality
 from ecg_tfx.dsp.resample import resample
 from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving.contract import InputContract, checked_recordings, checked_windows
@@ -69,16 +73,21 @@ class ExportModule(tf.Module):
         """The core: raw mV windows [n, window_samples, leads] at the spec's rate -> raw probabilities [n, classes]."""
         return window_probabilities(self.model, preprocess(windows, self._spec.preprocessing), self._spec)
 
-    def _outputs(self, probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Raw probabilities -> calibrated ones, their argmax and the decision (the signal-quality gate's verdict
-        will be passed to `decision_outputs` as `poor_signal`)."""
+    def _outputs(self, probabilities: tf.Tensor, signal: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Raw probabilities of raw mV `signal` [batch, time, leads] at the spec's rate -> calibrated ones, their
+        argmax, the signal-quality verdict and the decision (inconclusive where the signal is unreadable)."""
         calibrated = calibrate(probabilities, self._decision.calibration)
         class_id = tf.argmax(calibrated, axis=-1, output_type=tf.int64)
+        quality = signal_quality(signal, self._spec.sample_rate_hz)
         return {
             "probabilities": calibrated,
             "class_id": class_id,
             "class_name": tf.gather(self.class_names, class_id),
-            **decision_outputs(calibrated, self._decision, tf.convert_to_tensor(self.class_names)),
+            "bad_leads": quality["bad_lead"],
+            "heart_rate_bpm": quality["heart_rate_bpm"],
+            "signal_unreadable": quality["unreadable"],
+            **decision_outputs(calibrated, self._decision, tf.convert_to_tensor(self.class_names),
+                               poor_signal=quality["unreadable"]),
         }
 
     def _serve_ecg(self, ecg: tf.Tensor, sample_rate: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -89,10 +98,11 @@ class ExportModule(tf.Module):
         batch, count = tf.shape(windows)[0], tf.shape(windows)[1]
         flat = tf.reshape(windows, [batch * count, spec.window_samples, len(spec.leads)])
         probabilities = tf.reshape(self.serve(flat), [batch, count, len(spec.labels)])
-        return self._outputs(tf.reduce_mean(probabilities, axis=1))
+        return self._outputs(tf.reduce_mean(probabilities, axis=1), signal)
 
     def _serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._outputs(self.serve(self._parse(examples)))
+        windows = self._parse(examples)
+        return self._outputs(self.serve(windows), windows)
 
     def _classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
         scores = calibrate(self.serve(self._parse(inputs)), self._decision.calibration)

@@ -105,10 +105,18 @@ def test_plain_tensorflow_loads_and_calls_every_signature(tiny_export, spec):
             probabilities.argmax(-1)].tolist()]  # single-label: the argmax alone
         for key in ("present_names", "reason", "decision"):
             assert out[name][key][:2] == ["string", [batch]]
-        assert set(out[name]["reason"][2]) <= {"", "low_confidence"}
+        assert out[name]["bad_leads"][:2] == ["bool", [batch, len(spec.leads)]]
+        assert out[name]["heart_rate_bpm"][:2] == ["float32", [batch]]
+        assert out[name]["signal_unreadable"][:2] == ["bool", [batch]]
+        assert set(out[name]["reason"][2]) <= {"", "low_confidence", "poor_signal"}
         assert out[name]["decision"][2] == [
             names if not reason else "inconclusive"
             for names, reason in zip(out[name]["present_names"][2], out[name]["reason"][2])]
+    # White noise is no ECG: the quality gate makes it inconclusive; the synthetic ECG windows pass it.
+    assert out["serving_default"]["signal_unreadable"][2] == [True, True]
+    assert out["serving_default"]["reason"][2] == ["poor_signal"] * 2
+    assert out["serve_examples"]["signal_unreadable"][2] == [False] * 3
+    assert all(30 < rate < 240 for rate in out["serve_examples"]["heart_rate_bpm"][2])
     assert out["classify"]["classes"][:2] == ["string", [3, classes]]
     assert out["classify"]["classes"][2][0] == list(spec.labels)
     np.testing.assert_allclose(out["classify"]["scores"][2], out["serve_examples"]["probabilities"][2], atol=1e-6)
