@@ -84,6 +84,9 @@ _VIRTUAL_CPUS = flags.DEFINE_integer("virtual_cpus", _DEFAULTS.virtual_cpus, "Sp
                                      "(to run mirrored training without accelerators); 0 = off.", lower_bound=0)
 _CACHE = flags.DEFINE_string("cache", _DEFAULTS.cache,
                              "Cache preprocessed windows: memory, a file prefix, or '' (off).")
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", _DEFAULTS.deterministic, "Deterministic TensorFlow ops (tf.config.experimental."
+    "enable_op_determinism): a rerun, or a killed run resumed, gives the same weights bit for bit.")
 # Export.
 _EXPORT = flags.DEFINE_bool("export", _DEFAULTS.export, "Export a SavedModel for TF Serving at the end.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "Where to export; default <run_dir>/export.")
@@ -112,8 +115,9 @@ def config_from_flags() -> TrainConfig:
         scale_range=tuple(float(v) for v in _SCALE_RANGE.value) if _SCALE_RANGE.value else None,
         noise_std=_NOISE_STD.value, wander_amplitude=_WANDER_AMPLITUDE.value,
         max_shift_seconds=_MAX_SHIFT_SECONDS.value, lead_dropout=_LEAD_DROPOUT.value, strategy=_STRATEGY.value,
-        precision=_PRECISION.value, virtual_cpus=_VIRTUAL_CPUS.value, cache=_CACHE.value, export=_EXPORT.value,
-        export_dir=_EXPORT_DIR.value, model_name=_MODEL_NAME.value, tflite=_TFLITE.value)
+        precision=_PRECISION.value, virtual_cpus=_VIRTUAL_CPUS.value, cache=_CACHE.value,
+        deterministic=_DETERMINISTIC.value, export=_EXPORT.value, export_dir=_EXPORT_DIR.value,
+        model_name=_MODEL_NAME.value, tflite=_TFLITE.value)
 
 
 def main(argv: list[str]) -> None:

@@ -5,9 +5,9 @@ costly filter runs once per window rather than once per epoch. Amplitudes (noise
 standardized units (1.0 = one standard deviation of the lead), and a dropped lead is zero like a flat lead
 after standardization. Augmentation is for training only; serving never sees it.
 
-Randomness is stateless: the same `seed` gives the same augmentation, so runs are reproducible. In a
-`tf.data` pipeline pass a different seed per element or batch, e.g.
-`ds.enumerate().map(lambda i, x: augment(x, config, tf.stack([base_seed, i])))`, or `seed=None` to draw one
+Randomness is stateless: the same `seed` gives the same augmentation, so runs are reproducible. The training
+pipeline seeds each example's draws with `example_seed(seed, epoch, example)`: fresh in every epoch, the same in
+a rerun, and independent of where the example lands in a batch or on which worker. `seed=None` draws a seed
 from TF's global generator (not reproducible).
 """
 
@@ -69,6 +69,12 @@ def augment(signal: tf.Tensor, config: AugmentConfig, seed: int | tf.Tensor | No
         keep = tf.random.stateless_uniform(tf.stack([batch, 1, leads]), seeds[5]) >= config.lead_dropout
         signal = signal * tf.cast(keep, tf.float32)
     return signal
+
+
+def example_seed(seed: int, epoch: int | tf.Tensor, example: int | tf.Tensor) -> tf.Tensor:
+    """The stateless seed (int64 [2]) of one example's draws in one epoch; distinct for every (seed, epoch, example)."""
+    fold_in = tf.random.experimental.stateless_fold_in
+    return fold_in(fold_in(tf.constant([0, seed], tf.int64), tf.cast(epoch, tf.int64)), tf.cast(example, tf.int64))
 
 
 def _seed_pair(seed: int | tf.Tensor | None) -> tf.Tensor:

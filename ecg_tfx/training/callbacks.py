@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Sequence
+
 import keras
+import numpy as np
+import tensorflow as tf
+
+from ecg_tfx.core import storage
+
+# What each stateful callback must carry over a kill to continue as if never stopped.
+_CALLBACK_STATE = {
+    keras.callbacks.EarlyStopping: ("wait", "stopped_epoch", "best", "best_epoch"),
+    keras.callbacks.ModelCheckpoint: ("best",),
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+}
+_METADATA = "training_metadata.json"
 
 
 class CSVLogger(keras.callbacks.CSVLogger):
-    """Keras's CSVLogger, able to close a tf.io.gfile file (s3://, gs://): Keras asks it for `.closed`."""
+    """Keras's CSVLogger, able to close a tf.io.gfile file (s3://, gs://): Keras asks it for `.closed`.
+
+    A run resumed at `first_epoch` keeps the rows of the epochs before it only: an epoch logged just before a
+    kill, but not yet backed up, is run again and logged once.
+    """
+
+    def __init__(self, filename: str, first_epoch: int = 0):
+        super().__init__(filename, append=first_epoch > 0)
+        self.first_epoch = first_epoch
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.first_epoch and tf.io.gfile.exists(self.filename):
+            with tf.io.gfile.GFile(self.filename) as f:
+                rows = list(csv.reader(f))
+            kept = rows[:1] + [row for row in rows[1:] if int(row[0]) < self.first_epoch]
+            text = io.StringIO()
+            csv.writer(text, lineterminator="\n").writerows(kept)
+            storage.write_bytes(self.filename, text.getvalue().encode())
+        super().on_train_begin(logs)
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.csv_file is not None:
@@ -25,3 +59,85 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if epoch >= self.start_from_epoch:
             super().on_epoch_end(epoch, logs)
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that also backs up what a resumed run needs to continue exactly as an uninterrupted one.
+
+    Beyond the model and optimizer weights: the state of `stateful` callbacks (EarlyStopping's best score,
+    patience count and best weights, ModelCheckpoint's best score, ReduceLROnPlateau's counters) and the
+    models' random seed states (dropout). Each epoch's backup is published atomically: its files get new names,
+    then `training_metadata.json` (written by rename) points at them, then the older ones are removed; a kill
+    at any moment leaves the previous complete backup or the new one. Place it after the callbacks it saves,
+    so it backs up their state after this epoch's update and restores it after their `on_train_begin` reset.
+    """
+
+    def __init__(self, backup_dir: str, stateful: Sequence[keras.callbacks.Callback] = ()):
+        super().__init__(backup_dir, save_freq="epoch", double_checkpoint=False)
+        self.stateful = list(stateful)
+
+    @staticmethod
+    def resume_epoch(backup_dir: str) -> int:
+        """The epoch a run backed up in `backup_dir` resumes at (0: no backup, a fresh run)."""
+        path = storage.join(backup_dir, _METADATA)
+        return int(storage.read_json(path)["epoch"]) if tf.io.gfile.exists(path) else 0
+
+    def _save_model(self) -> None:
+        epoch = self._current_epoch
+        tf.io.gfile.makedirs(self.backup_dir)
+        metadata = {"epoch": epoch, "weights": f"epoch{epoch}.weights.h5", "callbacks": [],
+                    "seed_states": [v.numpy().tolist() for v in _seed_states(self.model)]}
+        self.model.save_weights(storage.join(self.backup_dir, metadata["weights"]), overwrite=True)
+        for callback in self.stateful:
+            state = {name: _plain(getattr(callback, name)) for name in _state_names(callback)}
+            if getattr(callback, "best_weights", None) is not None:
+                state["best_weights"] = f"best_weights_epoch{callback.best_epoch}.npz"
+                path = storage.join(self.backup_dir, state["best_weights"])
+                if not tf.io.gfile.exists(path):
+                    buffer = io.BytesIO()
+                    np.savez(buffer, *callback.best_weights)
+                    storage.write_bytes(path, buffer.getvalue())
+            metadata["callbacks"].append(state)
+        storage.write_json(storage.join(self.backup_dir, _METADATA), metadata)
+        referenced = {metadata["weights"], _METADATA} | {s["best_weights"] for s in metadata["callbacks"]
+                                                         if "best_weights" in s}
+        for name in tf.io.gfile.listdir(self.backup_dir):
+            if name not in referenced:
+                tf.io.gfile.remove(storage.join(self.backup_dir, name))
+
+    def _load_model(self) -> None:
+        path = storage.join(self.backup_dir, _METADATA)
+        if not tf.io.gfile.exists(path):
+            return
+        metadata = storage.read_json(path)
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(storage.join(self.backup_dir, metadata["weights"]))
+        for variable, value in zip(_seed_states(self.model), metadata["seed_states"]):
+            variable.assign(np.array(value, variable.dtype))
+        for callback, state in zip(self.stateful, metadata["callbacks"]):
+            for name in _state_names(callback):
+                setattr(callback, name, state[name])
+            if "best_weights" in state:
+                with tf.io.gfile.GFile(storage.join(self.backup_dir, state["best_weights"]), "rb") as f:
+                    arrays = np.load(io.BytesIO(f.read()))
+                    callback.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        self.model._initial_epoch = self._current_epoch = metadata["epoch"]
+
+
+def _state_names(callback: keras.callbacks.Callback) -> tuple[str, ...]:
+    for kind, names in _CALLBACK_STATE.items():
+        if isinstance(callback, kind):
+            return names
+    raise TypeError(f"{type(callback).__name__} has no known state to back up")
+
+
+def _seed_states(model: keras.Model) -> list:
+    """The model's random seed states (dropout's): variables that are not weights, so save_weights skips them."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _plain(value: object) -> object:
+    """A callback's number as JSON can hold it (numpy scalars become Python numbers)."""
+    return value.item() if isinstance(value, np.generic) else value

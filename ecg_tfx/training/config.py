@@ -51,6 +51,7 @@ class TrainConfig:
     precision: str = "auto"
     virtual_cpus: int = 0  # split the CPU into N logical devices (mirrored training without accelerators)
     cache: str = "memory"  # preprocessed windows: 'memory', a file prefix, or '' (off)
+    deterministic: bool = False  # deterministic TF ops: a rerun or a resumed run repeats the weights exactly
     # Export at the end.
     export: bool = True
     export_dir: str = ""  # default <run_dir>/export

@@ -25,28 +25,30 @@ from ecg_tfx.evaluation.evaluate import evaluate, fit_decision
 from ecg_tfx.models import build_model
 from ecg_tfx.serving.exporter import export_run
 from ecg_tfx.training import distribute
-from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger
+from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger, ResumableBackup
 from ecg_tfx.training.config import TrainConfig
 
 
 def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callback]:
-    """Early stopping, LR schedule, best checkpoint, backup (resume after a kill), TensorBoard, CSV log.
+    """LR schedule, early stopping, best checkpoint, TensorBoard, CSV log, and last the backup that saves them.
 
     `work_dir` is the run folder on the chief; other multi-worker workers get their own, removed at the end.
+    A killed run resumes from the backup with the same best score, patience count and best weights.
     """
     mode = "min" if "loss" in config.monitor else "max"
     warmup = min(config.warmup_epochs, config.epochs - 1)
     work = RunFolder(work_dir)
-    resuming = tf.io.gfile.exists(work.backup)  # a fresh run starts a fresh history
-    plateau = [keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5, patience=config.lr_patience,
-                                                 min_lr=1e-6)] if config.lr_schedule == "plateau" else []
-    return plateau + [
-        keras.callbacks.BackupAndRestore(work.backup),
+    stateful = [keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5, patience=config.lr_patience,
+                                                  min_lr=1e-6)] if config.lr_schedule == "plateau" else []
+    stateful += [
         keras.callbacks.EarlyStopping(config.monitor, mode=mode, patience=config.patience,
                                       restore_best_weights=True, start_from_epoch=warmup),
         BestCheckpoint(work.best, monitor=config.monitor, mode=mode, save_best_only=True, start_from_epoch=warmup),
+    ]
+    return stateful + [
         keras.callbacks.TensorBoard(work.logs),
-        CSVLogger(work.history, append=resuming),
+        CSVLogger(work.history, first_epoch=ResumableBackup.resume_epoch(work.backup)),
+        ResumableBackup(work.backup, stateful),
     ]
 
 
@@ -76,32 +78,30 @@ def compile_model(config: TrainConfig, spec: ModelSpec, train_steps: int) -> ker
     return model
 
 
-def datasets(config: TrainConfig, manifest: Manifest, spec: ModelSpec, strategy: tf.distribute.Strategy
-             ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
-    """Training and validation datasets; each worker reads its own files (or examples) under multi-worker."""
+def datasets(config: TrainConfig, manifest: Manifest, spec: ModelSpec, strategy: tf.distribute.Strategy,
+             first_epoch: int = 0) -> tuple[tf.distribute.DistributedDataset, tf.data.Dataset]:
+    """Training and validation data, training from `first_epoch` on (where a resumed run continues).
+
+    Training data is made per input pipeline (`distribute_datasets_from_function`): each worker reads its own
+    disjoint part of the examples (`input_pipeline.training_examples`), all of them together every epoch.
+    Validation is deterministic and auto-sharded: by file when each worker gets one, else by data.
+    """
     weights = manifest.class_weights(spec.labels) if config.class_weights else None
     common = dict(data_dir=config.data_dir, manifest=manifest, spec=spec, batch_size=config.batch_size, repeat=True)
-    train = input_pipeline.make_dataset(split="train", training=True, augmentation=config.augment_config(spec),
-                                        cache=config.cache, seed=config.seed, weights=weights,
-                                        drop_remainder=strategy.num_replicas_in_sync > 1, **common)
+
+    def train(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return input_pipeline.make_dataset(
+            split="train", training=True, augmentation=config.augment_config(spec), cache=config.cache,
+            seed=config.seed, weights=weights, drop_remainder=strategy.num_replicas_in_sync > 1,
+            first_epoch=first_epoch, input_context=context, **common)
+
     validation = input_pipeline.make_dataset(split="validation", training=False, cache=config.cache and "memory",
                                              **common)
-    return train.with_options(shard_options("train", manifest, strategy)), validation.with_options(
-        shard_options("validation", manifest, strategy))
-
-
-def shard_options(split: str, manifest: Manifest, strategy: tf.distribute.Strategy) -> tf.data.Options:
-    """How multi-worker training splits a dataset between workers: by file when each worker gets one.
-
-    The training pipeline also draws a range (augmentation seeds per step), which FILE sharding cannot
-    split, so training is sharded by data: each worker reads every file and keeps its share of the batches.
-    """
-    enough_files = len(manifest.split(split).shards) >= distribute.num_workers(strategy)
-    policy = tf.data.experimental.AutoShardPolicy
+    enough_files = len(manifest.split("validation").shards) >= distribute.num_workers(strategy)
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        policy.FILE if enough_files and split != "train" else policy.DATA)
-    return options
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.FILE if enough_files else policy.DATA
+    return strategy.distribute_datasets_from_function(train), validation.with_options(options)
 
 
 def write_run_files(run: RunFolder, spec: ModelSpec, info: dict, flags_text: str) -> None:
@@ -127,13 +127,16 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     work_dir = run.path if chief else storage.join(run.workers, str(strategy.cluster_resolver.task_id))
     tf.io.gfile.makedirs(work_dir)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     spec = config.model_spec(manifest)
     info = {"precision": precision, "precision_reason": reason, "strategy": type(strategy).__name__,
             "replicas": strategy.num_replicas_in_sync, "tensorflow": tf.__version__, "keras": keras.__version__,
             "python": platform.python_version(), "data_dir": config.data_dir, "model": spec.model}
     logging.info("training %s: %s on %d replica(s), precision %s (%s)", spec.model, info["strategy"],
                  info["replicas"], precision, reason)
-    train_data, validation_data = datasets(config, manifest, spec, strategy)
+    first_epoch = ResumableBackup.resume_epoch(RunFolder(work_dir).backup)
+    train_data, validation_data = datasets(config, manifest, spec, strategy, first_epoch)
     steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, config.batch_size, split == "train",
                                                      split == "train" and strategy.num_replicas_in_sync > 1)
              for split in ("train", "validation")}
@@ -147,7 +150,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
                         steps_per_epoch=steps["train"], validation_steps=steps["validation"],
                         callbacks=callbacks(config, work_dir), verbose=1 if sys.stdout.isatty() else 2)
     info["train_seconds"] = round(time.time() - started, 1)
-    info["epochs_run"] = len(history.epoch)
+    info["epochs_run"] = history.epoch[-1] + 1 if history.epoch else first_epoch  # a resumed run's too
     if not chief:  # leaves nothing in the run folder
         tf.io.gfile.rmtree(work_dir)
         try:

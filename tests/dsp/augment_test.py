@@ -7,7 +7,7 @@ import pytest
 import scipy.signal
 import tensorflow as tf
 
-from ecg_tfx.dsp.augment import AugmentConfig, augment
+from ecg_tfx.dsp.augment import AugmentConfig, augment, example_seed
 
 OFF = AugmentConfig(scale_range=None)  # every augmentation at its neutral value
 
@@ -86,19 +86,27 @@ def test_seeded_is_reproducible_and_seeds_differ() -> None:
     assert augment(x, config, seed=None).shape == (8, 500, 12)
 
 
-def test_works_in_tf_data_map_with_per_batch_seeds() -> None:
+def test_example_seeds_give_fresh_draws_each_epoch_and_repeat_in_a_rerun() -> None:
+    """Seeded by (seed, epoch, example), not by the batch position: each epoch draws afresh for every example."""
     config = AugmentConfig(crop_samples=400, noise_std=0.1, wander_amplitude=0.5)
     x = signal(batch=6)
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(x)
-        .batch(3)
-        .enumerate()
-        .map(lambda i, batch: augment(batch, config, tf.stack([tf.constant(42, tf.int64), i])))
-    )
-    batches = [b.numpy() for b in dataset]
-    assert [b.shape for b in batches] == [(3, 400, 12), (3, 400, 12)]
-    again = [b.numpy() for b in dataset]
-    np.testing.assert_array_equal(batches[0], again[0])  # per-batch seeds: reproducible across epochs
+
+    def run(seed: int) -> list[np.ndarray]:  # one list entry per epoch: its 6 augmented examples, in order
+        def one_epoch(epoch):
+            examples = tf.data.Dataset.from_tensor_slices(x).enumerate()
+            return examples.map(lambda i, example: augment(example[None], config, example_seed(seed, epoch, i))[0])
+        dataset = tf.data.Dataset.range(1, 3).flat_map(one_epoch).batch(6)
+        return [batch.numpy() for batch in dataset]
+
+    epoch1, epoch2 = run(seed=42)
+    assert epoch1.shape == epoch2.shape == (6, 400, 12)
+    for example in range(6):
+        assert not np.allclose(epoch1[example], epoch2[example])  # the same example, new draws
+    for again, first in zip(run(seed=42), (epoch1, epoch2)):
+        np.testing.assert_array_equal(again, first)  # a rerun with the same seed repeats both epochs
+    assert not np.allclose(run(seed=43)[0], epoch1)
+    assert np.array_equal(example_seed(42, 1, 0), example_seed(42, 1, 0))
+    assert len({tuple(example_seed(42, e, i).numpy()) for e in range(3) for i in range(3)}) == 9
 
 
 def test_invalid_config_rejected() -> None:

@@ -144,29 +144,50 @@ def test_best_checkpoint_ignores_warmup_epochs(tmp_path):
     assert callback.best == 0.8
 
 
-def test_killed_run_resumes_from_its_backup(tmp_path):
+def weights(path: pathlib.Path) -> list[np.ndarray]:
+    return keras.saving.load_model(path).get_weights()
+
+
+def test_killed_run_resumes_to_what_an_uninterrupted_run_ends_with(tmp_path):
+    """Killed after its best epoch, a resumed run keeps that best: same best.keras, model.keras, early stop, history.
+
+    Deterministic ops (--deterministic) make the two runs' arithmetic identical, so the weights are compared
+    bit for bit: any state the resumed run lost (a best score, patience count, best weights, a dropout seed,
+    the data position) would show as a difference.
+    """
     data = tmp_path / "data"
-    conversion.run(ConversionConfig(synthetic_patients=40, synthetic_records_per_patient=3, synthetic_duration_s=10,
-                                    sample_rate=250), str(data))
-    run = tmp_path / "run"
-    args = [sys.executable, "-m", "ecg_tfx.train", f"--data_dir={data}", f"--run_dir={run}", "--epochs=6",
-            "--batch_size=8", "--export=false", "--patience=20", "--precision=float32"]
-    log = tmp_path / "first_run.log"
+    conversion.run(ConversionConfig(synthetic_patients=12, synthetic_records_per_patient=2, synthetic_duration_s=10,
+                                    sample_rate=100, shard_size_mb=0.02), str(data))
+    args = [f"--data_dir={data}", "--epochs=8", "--batch_size=8", "--input_seconds=2.5", "--export=false",
+            "--precision=float32", "--deterministic", "--monitor=val_loss", "--patience=2", "--warmup_epochs=1"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_train(*args, f"--run_dir={whole}")
+    expected = history(whole)
+    losses = [float(row["val_loss"]) for row in expected]
+    best_epoch = 1 + int(np.argmin(losses[1:]))
+    stopped = len(expected) - 1
+    assert stopped < 7 and stopped - best_epoch == 2, "the uninterrupted run should stop early, 2 epochs after its best"
+
+    log = tmp_path / "killed.log"
     with open(log, "w") as out:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=out)
+        process = subprocess.Popen([sys.executable, "-m", "ecg_tfx.train", *args, f"--run_dir={killed}"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    metadata = killed / "backup" / "training_metadata.json"
     deadline = time.time() + 240
-    while (process.poll() is None and time.time() < deadline
-           and (not (run / "history.csv").exists() or len(history(run)) < 2)):
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the next epoch
+    while process.poll() is None and time.time() < deadline and (
+            not metadata.exists() or json.loads(metadata.read_text())["epoch"] <= best_epoch):
+        time.sleep(0.05)
     assert process.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
-    os.kill(process.pid, signal.SIGKILL)
+    os.kill(process.pid, signal.SIGKILL)  # after its best epoch, before its early stop
     process.wait()
-    done = len(history(run))
-    assert 2 <= done < 6, "the run should have been killed mid-way"
-    assert (run / "backup").is_dir()
-    result = run_train(*args[3:], timeout=400)
-    resumed_at = int(result.stdout.split("Epoch ", 1)[1].split("/", 1)[0])
-    assert resumed_at > 1, "training restarted from scratch instead of resuming"
-    assert [int(row["epoch"]) for row in history(run)][-1] == 5
-    assert not (run / "backup").exists()
+    result = run_train(*args, f"--run_dir={killed}", timeout=400)
+    resumed_at = int(result.stdout.split("Epoch ", 1)[1].split("/", 1)[0]) - 1
+    assert best_epoch < resumed_at <= stopped, "the kill should fall between the best epoch and the early stop"
+
+    assert history(killed) == expected  # every epoch once, the same numbers
+    for name in ("best.keras", "model.keras"):
+        for resumed, uninterrupted in zip(weights(killed / name), weights(whole / name), strict=True):
+            np.testing.assert_array_equal(resumed, uninterrupted)
+    info = json.loads((killed / "run_info.json").read_text())
+    assert info["epochs_run"] == json.loads((whole / "run_info.json").read_text())["epochs_run"] == stopped + 1
+    assert not (killed / "backup").exists()
