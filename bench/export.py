@@ -34,6 +34,12 @@ def tree_bytes(path: str, skip: str = "") -> int:
     return total
 
 
+def tflite_file(version: str, variant: str) -> str:
+    """The variant's file as the export report names it (by its verdict: `model_int8_unusable.tflite`, ...)."""
+    with open(os.path.join(version, "export_report.json"), encoding="utf-8") as f:
+        return os.path.join(version, json.load(f)["tflite"][variant]["file"])
+
+
 def predictors(version: str, run_dir: str, spec) -> dict:
     """Each form as a function: raw windows [n, window, leads] float32 -> probabilities [n, classes]."""
     import tensorflow as tf
@@ -50,8 +56,7 @@ def predictors(version: str, run_dir: str, spec) -> dict:
     serving = loaded.signatures["serving_default"]
     contract = InputContract.loads(loaded.metadata()["input_contract_json"].numpy().decode())
     per_request = int(contract.max_request_seconds * spec.sample_rate_hz // spec.window_samples)
-    runners = {kind: TFLiteRunner(open(os.path.join(version, "tflite", f"model_{kind}.tflite"), "rb").read())
-               for kind in ("float32", "int8")}
+    runners = {kind: TFLiteRunner(open(tflite_file(version, kind), "rb").read()) for kind in ("float32", "int8")}
 
     def saved_model(windows: np.ndarray) -> np.ndarray:  # requests within the input contract's seconds each
         return np.concatenate([
@@ -146,8 +151,7 @@ def run(quick: bool = False) -> dict:
     reference = forms["keras"](windows)
     sizes = {"keras": os.path.getsize(RunFolder(run_dir).model),
              "saved_model": tree_bytes(version, skip="tflite"),
-             **{f"tflite_{k}": os.path.getsize(os.path.join(version, "tflite", f"model_{k}.tflite"))
-                for k in ("float32", "int8")}}
+             **{f"tflite_{k}": os.path.getsize(tflite_file(version, k)) for k in ("float32", "int8")}}
     agreement = {}
     for name in FORMS[1:]:
         probabilities = forms[name](windows)
@@ -163,13 +167,13 @@ def run(quick: bool = False) -> dict:
         "title": "4. Export",
         "conditions": {"data": dataset.note, "windows_for_agreement": len(windows),
                        "input": f"raw {spec.window_samples} x {len(spec.leads)} mV windows at {spec.sample_rate_hz} Hz",
-                       "int8_quantization": report["tflite"]["int8"]["quantization"], "reps": reps,
+                       "int8_verdict": report["tflite"]["int8"]["verdict"], "reps": reps,
                        "export_seconds": round(export_seconds, 1), "tflite_threads": 1},
         "metrics": {
             "latency": {name: timing.spread(values) for name, values in times.items()},
             "size_kb": {name: round(value / 1024, 1) for name, value in sizes.items()},
             "agreement_with_keras": agreement,
-            "export_report_agreement": {k: v["argmax_agreement"] for k, v in report["tflite"].items()},
+            "export_report_agreement": {k: v.get("argmax_agreement") for k, v in report["tflite"].items()},
         },
         "ratios": [
             timing.target("saved_model / tflite_int8 batch-1 latency", speed, 3.0, True),

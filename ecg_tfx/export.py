@@ -3,7 +3,7 @@
     python -m ecg_tfx.export --run_dir=workspace/runs/ptb --export_dir=workspace/exports [--model_name=ecg]
                              [--version=N] [--tflite --data_dir=workspace/tfrecords/ptb] [--compute_dtype=float32]
 
-With --tflite it prints one line per TFLite model: size, agreement with the SavedModel and whether it is usable.
+With --tflite it prints one line per TFLite variant: size, agreement with the SavedModel, latency and its verdict.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run folder (model.kera
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Base folder; the model goes to <export_dir>/<model_name>/<N>.")
 _MODEL_NAME = flags.DEFINE_string("model_name", "ecg", "Model name (TF Serving's model folder).")
 _VERSION = flags.DEFINE_integer("version", None, "Version number; default: the next free one.", lower_bound=1)
-_TFLITE = flags.DEFINE_bool("tflite", False, "Also write float32 and int8 TFLite models and export_report.json.")
+_TFLITE = flags.DEFINE_bool("tflite", False, "Also write the TFLite variants (float32, float16, dynamic_range, "
+                            "int8, int16x8; one not usable is named so) and export_report.json.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted TFRecords: representative (train) and agreement "
                                 "(test) windows for --tflite.")
 _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", COMPUTE_DTYPES,
                                    "The SavedModel's compute dtype: float32 runs on every CPU and GPU; bfloat16 "
                                    "(CPUs with AVX-512 BF16/AMX, TPUs) or float16 (GPUs) need a run trained under a "
-                                   "mixed policy. TFLite models always compute in float32 (or int8).")
+                                   "mixed policy. TFLite models always compute in float32 (or integers).")
 flags.mark_flags_as_required(["run_dir", "export_dir"])
 flags.register_validator("model_name", lambda name: bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)),
                          "--model_name may hold only letters, digits, '_', '.' and '-'")

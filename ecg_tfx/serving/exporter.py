@@ -2,9 +2,9 @@
 
 The version holds the SavedModel (`saved_model.pb`, `variables/`, `assets/labels.txt`,
 `assets.extra/tf_serving_warmup_requests`), the model card (`assets.extra/model_card.{md,json}`) and, with
-`tflite`, `tflite/` (float32 and int8 models plus their `model_spec.json`, `input_contract.json` and
+`tflite`, `tflite/` (TFLite variants named by verdict, their `model_spec.json`, `input_contract.json` and
 `decision.json`) and `export_report.json`. Whatever precision policy the run trained
-under, the TFLite models compute in float32 (or int8) and the SavedModel in `compute_dtype`, float32 by default
+under, the TFLite models compute in float32 (or integers) and the SavedModel in `compute_dtype`, float32 by default
 (see `ecg_tfx.serving.precision`). It is written under a hidden temporary sibling (TF Serving ignores non-integer
 names) and moved into place only when everything succeeded, so a local version directory is always whole; on
 gs:// and s3:// (no folder rename) `saved_model.pb` is copied last.
@@ -30,10 +30,8 @@ from ecg_tfx.evaluation.evaluate import fit_decision
 from ecg_tfx.serving.model_card import write_model_card
 from ecg_tfx.serving.precision import with_compute_dtype
 from ecg_tfx.serving.saved_model import write_saved_model
-from ecg_tfx.serving.tflite import write_tflite
+from ecg_tfx.serving.tflite import MIN_AGREEMENT_WINDOWS, REPORT_FILE, write_tflite
 from ecg_tfx.serving.versions import next_version
-
-REPORT_FILE = "export_report.json"
 
 
 def load_run(run_dir: str) -> tuple[keras.Model, ModelSpec]:
@@ -62,7 +60,8 @@ def run_decision(run_dir: str, model: keras.Model, spec: ModelSpec, data_dir: st
 
 
 def export_run(run_dir: str, export_dir: str, model_name: str = "ecg", version: int | None = None,
-               tflite: bool = False, data_dir: str | None = None, compute_dtype: str = "float32") -> str:
+               tflite: bool = False, data_dir: str | None = None, compute_dtype: str = "float32",
+               min_agreement_windows: int = MIN_AGREEMENT_WINDOWS) -> str:
     """Exports a training run to `<export_dir>/<model_name>/<version>/`, whole or not at all; returns that path.
 
     The SavedModel computes in `compute_dtype` ('float32', or 'bfloat16'/'float16' for a run trained under a mixed
@@ -89,7 +88,7 @@ def export_run(run_dir: str, export_dir: str, model_name: str = "ecg", version: 
         write_saved_model(served, spec, decision, tmp, model_name)
         write_model_card(tmp, spec, decision, run_dir, data_dir)
         if tflite:
-            report = write_tflite(model, spec, decision, tmp, data_dir)
+            report = write_tflite(model, spec, decision, tmp, data_dir, min_agreement_windows)
             report["saved_model"]["compute_dtype"] = compute_dtype
             storage.write_json(storage.join(tmp, REPORT_FILE), report)
         storage.publish_dir(tmp, final)

@@ -27,7 +27,7 @@ from ecg_tfx.dsp.preprocessing import preprocess
 from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving.exporter import REPORT_FILE, export_run
 from ecg_tfx.serving.saved_model import SIGNATURES, WARMUP_FILE, warmup_signal
-from ecg_tfx.serving.tflite import MIN_AGREEMENT, TFLITE_DIR, TFLiteRunner, read_windows
+from ecg_tfx.serving.tflite import TFLITE_DIR, TFLiteRunner, read_windows
 from ecg_tfx.serving.versions import next_version
 
 PYTHON = sys.executable
@@ -64,7 +64,7 @@ def test_layout_assets_and_version_folder(tiny_export, spec):
     assert (version / "assets" / "labels.txt").read_text().splitlines() == list(spec.labels)
     assert sorted(os.listdir(version.parent)) == ["1"]
     report = json.loads((version / REPORT_FILE).read_text())
-    for entry in report["tflite"].values():
+    for entry in (e for e in report["tflite"].values() if "file" in e):
         assert entry["size_bytes"] == (version / entry["file"]).stat().st_size > 0
     assert ModelSpec.load(str(version / TFLITE_DIR)) == spec
 
@@ -224,14 +224,8 @@ def test_warmup_requests_replay_against_their_signatures(tiny_export, loaded):
 def test_tflite_models_agree_with_the_saved_model(tiny_export, spec):
     report = json.loads((tiny_export["version"] / REPORT_FILE).read_text())
     assert report["agreement_windows"] == 4 and report["saved_model"]["latency_ms_batch1"] > 0
-    float32 = report["tflite"]["float32"]
-    assert float32["quantization"] == "float32" and float32["usable"]
-    assert float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
-    int8 = report["tflite"]["int8"]
-    assert int8["quantization"] in ("full_integer_int8", "dynamic_range")
-    assert 0 <= int8["argmax_agreement"] <= 1 and int8["latency_ms_batch1"] > 0
-    assert int8["usable"] == (int8["argmax_agreement"] >= MIN_AGREEMENT)
-    assert ("warning" in int8) == (not int8["usable"])
+    float32 = report["tflite"]["float32"]  # the other variants' verdicts: tests/serving/tflite_test.py
+    assert float32["usable"] and float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
     # The float model, run here on a test window, reproduces the SavedModel's probabilities.
     runner = TFLiteRunner((tiny_export["version"] / float32["file"]).read_bytes())
     windows, examples = read_windows(str(tiny_export["data"]), "test", spec, 1)

@@ -69,20 +69,21 @@ def test_every_policy_exports_float32_tflite_and_a_float32_saved_model(policy, p
     run_dir = policy_run(policy)
     trained, spec = load_run(str(run_dir))
     assert trained.layers[1].compute_dtype == policy.replace("mixed_", "")
-    version = pathlib.Path(export_run(str(run_dir), str(tmp_path), tflite=True, data_dir=str(data_dir)))
+    version = pathlib.Path(export_run(str(run_dir), str(tmp_path), tflite=True, data_dir=str(data_dir),
+                                      min_agreement_windows=1))  # 4 test windows in the tiny data
     report = json.loads((version / REPORT_FILE).read_text())
     assert report["saved_model"]["compute_dtype"] == "float32"
     assert not graph_dtypes(version) & set(REDUCED.values())
     windows, serialized = read_windows(str(data_dir), "test", spec, 8)
     saved = tf.saved_model.load(str(version)).signatures["serve_examples"]
     served = saved(examples=tf.constant(serialized))["probabilities"].numpy()
-    for kind, entry in report["tflite"].items():
+    for kind, entry in ((k, e) for k, e in report["tflite"].items() if "file" in e):
         runner = TFLiteRunner((version / entry["file"]).read_bytes())
         dtypes = {np.dtype(d["dtype"]).name for d in runner.interpreter.get_tensor_details()}
-        assert not dtypes & set(REDUCED), (kind, dtypes)
-        assert entry["usable"] or kind == "int8"
+        computed = dtypes - {"float16"} if kind == "float16" else dtypes  # float16 weights, dequantized to float32
+        assert not computed & set(REDUCED), (kind, dtypes)
     float32 = report["tflite"]["float32"]
-    assert float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
+    assert float32["usable"] and float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
     tflite = np.concatenate([TFLiteRunner((version / float32["file"]).read_bytes())(w[None]) for w in windows])
     np.testing.assert_allclose(tflite, served, atol=1e-4)
     np.testing.assert_array_equal(tflite.argmax(-1), served.argmax(-1))
