@@ -8,6 +8,7 @@
 Inputs: WFDB records (the `.hea` path; rate, lead names and units come from the header), CSV (a header row of lead
 names, one column per lead; `--sample_rate` and `--units` required) and `.npy` ([time, leads]; `--sample_rate`,
 `--units` and `--leads` required). Leads are matched to the model's by name; rate and units are never guessed.
+A TFLite model that its export report does not call usable is refused unless `--allow_unusable` is given.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _LEADS = flags.DEFINE_list("leads", None, "Comma-separated lead names of the .np
 _UNITS = flags.DEFINE_enum("units", None, ["mV", "uV", "V"], "Units of CSV and .npy samples.")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "How many classes to list per record.", lower_bound=1)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON document instead of text.")
+_ALLOW_UNUSABLE = flags.DEFINE_bool("allow_unusable", False, "Use a TFLite model even though its export report "
+                                    "does not call it usable (it disagrees with the SavedModel, or was not measured).")
 
 flags.mark_flag_as_required("model")
 
@@ -43,7 +46,7 @@ def main(argv: list[str]) -> None:
     if not files:
         raise app.UsageError("give one or more ECG files (.hea, .csv or .npy)")
     try:
-        predictor = load_predictor(_MODEL.value)
+        predictor = load_predictor(_MODEL.value, _ALLOW_UNUSABLE.value)
     except (InputError, OSError) as error:
         sys.exit(f"error: {error}")
     results, failed = [], 0

@@ -21,7 +21,7 @@ from ecg_tfx.core.records import STANDARD12, RecordError, RecordRef, canonical_l
 from ecg_tfx.data import transform
 from ecg_tfx.data.wfdb_io import available_channels, read_header, read_wfdb_record
 from ecg_tfx.serving.contract import InputContract, check_recording
-from ecg_tfx.serving.tflite import TFLiteRunner
+from ecg_tfx.serving.tflite import USABLE, TFLiteRunner, verdict_of
 from ecg_tfx.serving.versions import list_versions
 
 TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
@@ -29,6 +29,10 @@ TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
 
 class InputError(ValueError):
     """An input file cannot be used as given; the message says what to change."""
+
+
+class UnusableModelError(InputError):
+    """A TFLite model its export report does not call usable, loaded without `allow_unusable`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +133,17 @@ class SavedModelPredictor:
 
 
 class TFLitePredictor:
-    """A TFLite window model; resampling and windowing run here as the converter runs them."""
+    """A TFLite window model; resampling and windowing run here as the converter runs them.
 
-    def __init__(self, path: str):
+    A model whose `export_report.json` entry is not 'usable' (too little agreement with the SavedModel, a failed
+    interpreter, too few windows to tell) is refused unless `allow_unusable`.
+    """
+
+    def __init__(self, path: str, allow_unusable: bool = False):
+        entry = verdict_of(path)
+        if entry is not None and entry["verdict"] != USABLE and not allow_unusable:
+            raise UnusableModelError(f"{path} is flagged {entry['verdict'].upper()} by its export report "
+                                     f"({entry['reason']}); pass --allow_unusable to use it anyway")
         self.spec = ModelSpec.load(os.path.dirname(path))
         with tf.io.gfile.GFile(path, "rb") as f:
             self.runner = TFLiteRunner(f.read())
@@ -148,11 +160,11 @@ class TFLitePredictor:
         return np.mean([self.runner(window[None])[0] for window in transform.windows(resampled, plan)], axis=0)
 
 
-def load_predictor(path: str) -> SavedModelPredictor | TFLitePredictor:
+def load_predictor(path: str, allow_unusable: bool = False) -> SavedModelPredictor | TFLitePredictor:
     """A predictor for a .tflite file, a SavedModel version folder, or a model folder (its newest version)."""
     storage.enable_filesystem(path)
     if path.endswith(".tflite"):
-        return TFLitePredictor(path)
+        return TFLitePredictor(path, allow_unusable)
     if not tf.io.gfile.exists(storage.join(path, "saved_model.pb")):
         versions = list_versions(path)
         if not versions:

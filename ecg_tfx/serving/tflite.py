@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import posixpath
 import statistics
 import tempfile
 import time
@@ -217,10 +218,11 @@ def summary_lines(report: dict) -> list[str]:
 def verdict_of(tflite_path: str) -> dict | None:
     """The report entry of a `.tflite` file written by `write_tflite` (verdict, reason, agreement), or None when
     no `export_report.json` beside its SavedModel names it."""
-    report_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(tflite_path))), REPORT_FILE)
-    if not os.path.isfile(report_path):
+    path = tflite_path if "://" in tflite_path else os.path.abspath(tflite_path)  # s3://, gs:// or local
+    report_path = storage.join(posixpath.dirname(posixpath.dirname(path)), REPORT_FILE)
+    if not tf.io.gfile.exists(report_path):
         return None
-    name = f"{TFLITE_DIR}/{os.path.basename(tflite_path)}"
+    name = f"{TFLITE_DIR}/{posixpath.basename(path)}"
     entries = [e for e in storage.read_json(report_path)["tflite"].values() if e.get("file") == name]
     return entries[0] if entries else None
 

@@ -1,0 +1,116 @@
+"""TFLite variants: each reported with size, latencies and agreement and its file named by its verdict; the verdict
+rules (threshold, minimum window count, multi-label decisions, interpreter failures); predict's refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.serving import predictors, tflite
+from ecg_tfx.serving.exporter import export_run
+from ecg_tfx.serving.tflite import REPORT_FILE, TFLITE_DIR, USABLE, evaluate_variant
+
+
+@pytest.fixture(scope="module")
+def float32_case(tiny_export) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The tiny export's float32 model, the 4 test windows and its own probabilities on them."""
+    content = (tiny_export["version"] / TFLITE_DIR / "model_float32.tflite").read_bytes()
+    windows, _ = tflite.read_windows(str(tiny_export["data"]), "test", ModelSpec.load(str(tiny_export["run"])))
+    runner = tflite.TFLiteRunner(content)
+    return content, windows, np.concatenate([runner(window[None]) for window in windows])
+
+
+def test_every_variant_is_reported_and_its_file_named_by_its_verdict(tiny_export):
+    version = tiny_export["version"]
+    report = json.loads((version / REPORT_FILE).read_text())
+    assert sorted(report["tflite"]) == sorted(tflite.VARIANTS)
+    assert report["interpreter"] == tflite.INTERPRETER and report["agreement_windows"] == 4
+    for variant, entry in report["tflite"].items():
+        assert entry["usable"] == (entry["verdict"] == USABLE) and entry["reason"]
+        written = sorted(p.name for p in (version / TFLITE_DIR).glob(f"model_{variant}*.tflite"))
+        if "file" not in entry:
+            assert entry["verdict"] == "conversion failed" and written == []
+            continue
+        suffix = "" if entry["usable"] else "_" + entry["verdict"].replace(" ", "_")
+        assert written == [f"model_{variant}{suffix}.tflite"] and entry["file"] == f"{TFLITE_DIR}/{written[0]}"
+        if "argmax_agreement" in entry:
+            assert sorted(entry["latency_ms_batch1"]) == ["1", "2"]
+            assert min(entry["latency_ms_batch1"].values()) > 0
+    float32 = report["tflite"]["float32"]
+    assert float32["usable"] and float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
+    lines = tflite.summary_lines(report)  # what the export command prints
+    assert [line.split(":")[0] for line in lines] == [f"tflite {variant}" for variant in report["tflite"]]
+    assert [line.endswith(f", {USABLE}") for line in lines] == [e["usable"] for e in report["tflite"].values()]
+
+
+def test_agreement_below_the_threshold_is_unusable(float32_case):
+    content, windows, probabilities = float32_case
+    reference = probabilities.copy()
+    reference[0] = np.roll(reference[0], 1)  # window 0's diagnosis changes: 3 of 4 agree
+    entry = evaluate_variant(content, windows, reference, multi_label=False, min_windows=1)
+    assert entry["argmax_agreement"] == 0.75 and entry["verdict"] == "unusable" and not entry["usable"]
+    assert "argmax agreement 75.0% of 4 test windows < 99%" in entry["reason"]
+
+
+def test_too_few_windows_is_not_measured_never_usable(float32_case):
+    content, windows, probabilities = float32_case
+    enough = evaluate_variant(content, windows, probabilities, multi_label=False, min_windows=4)
+    assert enough["verdict"] == USABLE and enough["usable"]
+    too_few = evaluate_variant(content, windows, probabilities, multi_label=False, min_windows=5)
+    assert too_few["verdict"] == "not measured" and not too_few["usable"]
+    assert too_few["argmax_agreement"] == 1.0 and "only 4 test windows (< 5)" in too_few["reason"]
+
+
+def test_multi_label_needs_each_class_decision_to_agree(float32_case):
+    content, windows, probabilities = float32_case
+    reference = probabilities.copy()
+    flipped = int(probabilities[0].argmin())
+    reference[0, flipped] = 1.0 - float(probabilities[0, flipped] >= 0.5)  # one decision of one window flips
+    single = evaluate_variant(content, windows, reference, multi_label=False, min_windows=1)
+    assert "decision_agreement_per_class" not in single
+    entry = evaluate_variant(content, windows, reference, multi_label=True, min_windows=1)
+    assert entry["decision_agreement_per_class"][flipped] == 0.75 and entry["verdict"] == "unusable"
+    assert "decision agreement at 0.5 (worst class) 75.0%" in entry["reason"]
+
+
+def test_an_interpreter_failure_makes_the_variant_unusable_instead_of_failing_the_export(float32_case):
+    content, windows, probabilities = float32_case
+    entry = evaluate_variant(content, windows[:, :100], probabilities, multi_label=False, min_windows=1)
+    assert entry["verdict"] == "unusable" and entry["reason"].startswith("the interpreter failed: ")
+    assert "argmax_agreement" not in entry
+
+
+@pytest.fixture(scope="module")
+def unmeasured_export(tiny_export, tmp_path_factory) -> dict:
+    """The tiny run exported with the real minimum window count: its 4 test windows give 'not measured'."""
+    version = export_run(str(tiny_export["run"]), str(tmp_path_factory.mktemp("unmeasured")), "ecg", tflite=True,
+                         data_dir=str(tiny_export["data"]))
+    return json.loads(open(f"{version}/{REPORT_FILE}").read()) | {"version": version}
+
+
+def _predict(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ecg_tfx.predict", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_predict_refuses_a_model_not_called_usable_unless_forced(unmeasured_export, tmp_path):
+    assert unmeasured_export["min_agreement_windows"] == tflite.MIN_AGREEMENT_WINDOWS
+    float32 = unmeasured_export["tflite"]["float32"]
+    assert float32["verdict"] == "not measured" and float32["file"] == "tflite/model_float32_not_measured.tflite"
+    model = f"{unmeasured_export['version']}/{float32['file']}"
+    signal = np.zeros((5000, 12), np.float32)
+    np.save(tmp_path / "flat.npy", signal)
+    args = ("--sample_rate=500", "--units=mV", "--leads=standard12", str(tmp_path / "flat.npy"))
+    refused = _predict(f"--model={model}", *args)
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert "flagged NOT MEASURED by its export report" in refused.stderr and "--allow_unusable" in refused.stderr
+    with pytest.raises(predictors.UnusableModelError, match="only 4 test windows"):
+        predictors.load_predictor(model)
+    forced = _predict(f"--model={model}", "--allow_unusable", "--json", *args)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert json.loads(forced.stdout)[0]["file"] == str(tmp_path / "flat.npy")
