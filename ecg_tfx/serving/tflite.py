@@ -130,8 +130,9 @@ def read_windows(data_dir: str, split: str, spec: ModelSpec, limit: int = -1) ->
     return signal.numpy(), serialized
 
 
-def median_ms(call: Callable[[], object], runs: int = LATENCY_RUNS) -> float:
-    """Median wall time of `runs` calls after one warm-up call, in milliseconds."""
+def median_ms(call: Callable[[], object], runs: int | None = None) -> float:
+    """Median wall time of `runs` (default LATENCY_RUNS) calls after one warm-up call, in milliseconds."""
+    runs = LATENCY_RUNS if runs is None else runs
     call()
     times = []
     for _ in range(runs):

@@ -16,7 +16,9 @@ from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
 from ecg_tfx.core.run_folder import RunFolder
 from ecg_tfx.data import input_pipeline
 from ecg_tfx.dsp.preprocessing import preprocess
+from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.models import build_model
+from ecg_tfx.serving.decide import calibrate
 from ecg_tfx.serving.exporter import REPORT_FILE, export_run, load_run
 from ecg_tfx.serving.precision import with_compute_dtype
 from ecg_tfx.serving.tflite import TFLiteRunner, read_windows
@@ -89,8 +91,9 @@ def test_every_policy_exports_float32_tflite_and_a_float32_saved_model(policy, p
     np.testing.assert_array_equal(tflite.argmax(-1), served.argmax(-1))
     # The float32 export computes what the trained (mixed) model computes, up to its rounding.
     signal = schema.parse_examples(tf.constant(serialized), spec.window_samples, len(spec.leads))["signal"]
-    mixed = window_probabilities(trained, preprocess(signal, spec.preprocessing), spec).numpy()
-    np.testing.assert_allclose(served, mixed, atol=TOLERANCE[policy])
+    decision = Decision.from_json(json.loads(tf.saved_model.load(str(version)).metadata()["decision_json"].numpy()))
+    mixed = calibrate(window_probabilities(trained, preprocess(signal, spec.preprocessing), spec), decision.calibration)
+    np.testing.assert_allclose(served, mixed.numpy(), atol=TOLERANCE[policy])
 
 
 def test_bfloat16_compute_stays_within_bf16_rounding_of_float32(policy_run, tiny_conversion, tmp_path):
