@@ -91,7 +91,8 @@ def test_every_policy_exports_float32_tflite_and_a_float32_saved_model(policy, p
     np.testing.assert_array_equal(tflite.argmax(-1), served.argmax(-1))
     # The float32 export computes what the trained (mixed) model computes, up to its rounding.
     signal = schema.parse_examples(tf.constant(serialized), spec.window_samples, len(spec.leads))["signal"]
-    decision = Decision.from_json(json.loads(tf.saved_model.load(str(version)).metadata()["decision_json"].numpy()))
+    loaded = tf.saved_model.load(str(version))
+    decision = Decision.from_json(json.loads(loaded.metadata()["decision_json"].numpy()))
     mixed = calibrate(window_probabilities(trained, preprocess(signal, spec.preprocessing), spec), decision.calibration)
     np.testing.assert_allclose(served, mixed.numpy(), atol=TOLERANCE[policy])
 
