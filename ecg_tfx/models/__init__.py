@@ -2,7 +2,8 @@
 
 Builders share one signature, `(num_leads, num_classes, multi_label, sample_rate_hz, window_samples=None,
 dropout=None)`; `window_samples=None` leaves the time axis open (training on crops), and `dropout=None` means
-the architecture's documented default (cnn 0.3, resnet1d 0.5 as in the PTB-XL benchmark, features 0.3).
+the architecture's documented default (cnn 0.3, resnet1d and inception1d 0.5 as in the PTB-XL benchmark,
+features 0.3).
 The output layer is softmax (single-label) or sigmoid (multi-label) and always computes in float32.
 """
 
@@ -14,11 +15,13 @@ import keras
 
 from ecg_tfx.models.cnn import build_cnn
 from ecg_tfx.models.features import build_features_model
+from ecg_tfx.models.inception1d import build_inception1d
 from ecg_tfx.models.resnet1d import build_resnet1d
 
 MODELS: dict[str, Callable[..., keras.Model]] = {
     "cnn": build_cnn,
     "resnet1d": build_resnet1d,
+    "inception1d": build_inception1d,
     "features": build_features_model,
 }
 

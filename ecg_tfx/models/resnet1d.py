@@ -8,10 +8,9 @@ ps_head=0.5, lin_ftrs_head=[128]): note the benchmark's implementation uses 128 
     stem:   Conv1D(128, 7, stride 1, no bias) + BN + ReLU (no stem pooling)
     blocks: 3 BasicBlocks, strides 1, 2, 2: Conv(128, 5, stride) + BN + ReLU + Conv(128, 3) + BN, plus the
             shortcut (Conv(128, 1, stride) + BN when the stride is 2), add, ReLU
-    head:   concat(global max pool, global average pool) -> BN + Dropout(p/2) + Dense(128) + ReLU
-            -> BN + Dropout(p) + Dense(num_classes), p = 0.5
+    head:   `benchmark_head` (concat pooling, BN, dropout, Dense(128), BN, dropout, Dense), p = 0.5
 
-BatchNorm uses PyTorch's defaults (momentum 0.1 -> Keras momentum 0.9, epsilon 1e-5). Strided convolutions pad
+BatchNorm uses PyTorch's defaults. Strided convolutions pad
 explicitly by (kernel-1)//2 on both sides as PyTorch does (Keras 'same' would pad asymmetrically and misalign
 them with the strided 1x1 shortcut). All layers lower to TFLite builtins (CONV_2D, ADD, MEAN, REDUCE_MAX, ...).
 Parameter count for 12 leads / 5 classes (computed): 476,421, of which 473,349 trainable — the same count as
@@ -22,15 +21,14 @@ from __future__ import annotations
 
 import keras
 
-from ecg_tfx.models.cnn import probability_output, signal_input
+from ecg_tfx.models.benchmark_head import PYTORCH_BN, benchmark_head
+from ecg_tfx.models.cnn import signal_input
 
 DEFAULT_DROPOUT = 0.5
 FILTERS = 128
 STEM_KERNEL = 7
 BLOCK_KERNELS = (5, 3)
 BLOCK_STRIDES = (1, 2, 2)
-HEAD_UNITS = 128
-_BN = {"momentum": 0.9, "epsilon": 1e-5}
 
 
 def _conv(x: keras.KerasTensor, filters: int, kernel: int, stride: int = 1) -> keras.KerasTensor:
@@ -47,13 +45,13 @@ def _basic_block(x: keras.KerasTensor, filters: int, stride: int) -> keras.Keras
     """BasicBlock1d: two convolutions with BN, a (projected when needed) shortcut, add, ReLU."""
     shortcut = x
     y = _conv(x, filters, BLOCK_KERNELS[0], stride)
-    y = keras.layers.BatchNormalization(**_BN)(y)
+    y = keras.layers.BatchNormalization(**PYTORCH_BN)(y)
     y = keras.layers.ReLU()(y)
     y = _conv(y, filters, BLOCK_KERNELS[1])
-    y = keras.layers.BatchNormalization(**_BN)(y)
+    y = keras.layers.BatchNormalization(**PYTORCH_BN)(y)
     if stride != 1 or x.shape[-1] != filters:
         shortcut = _conv(x, filters, 1, stride)
-        shortcut = keras.layers.BatchNormalization(**_BN)(shortcut)
+        shortcut = keras.layers.BatchNormalization(**PYTORCH_BN)(shortcut)
     y = keras.layers.Add()([y, shortcut])
     return keras.layers.ReLU()(y)
 
@@ -71,15 +69,8 @@ def build_resnet1d(
     rate = DEFAULT_DROPOUT if dropout is None else dropout
     inputs = signal_input(num_leads, window_samples)
     x = _conv(inputs, FILTERS, STEM_KERNEL)
-    x = keras.layers.BatchNormalization(**_BN)(x)
+    x = keras.layers.BatchNormalization(**PYTORCH_BN)(x)
     x = keras.layers.ReLU()(x)
     for stride in BLOCK_STRIDES:
         x = _basic_block(x, FILTERS, stride)
-    x = keras.layers.Concatenate()([keras.layers.GlobalMaxPooling1D()(x), keras.layers.GlobalAveragePooling1D()(x)])
-    x = keras.layers.BatchNormalization(**_BN)(x)
-    x = keras.layers.Dropout(rate / 2)(x)
-    x = keras.layers.Dense(HEAD_UNITS, activation="relu")(x)
-    x = keras.layers.BatchNormalization(**_BN)(x)
-    x = keras.layers.Dropout(rate)(x)
-    outputs = probability_output(x, num_classes, multi_label)
-    return keras.Model(inputs, outputs, name="resnet1d")
+    return keras.Model(inputs, benchmark_head(x, num_classes, multi_label, rate), name="resnet1d")

@@ -121,6 +121,17 @@ def test_resnet1d_matches_the_benchmark_parameter_count() -> None:
     ]
 
 
+def test_inception1d_matches_the_benchmark_parameter_count() -> None:
+    # PyTorch inception1d(input_channels=12, num_classes=5, kernel_size=40, lin_ftrs_head=[128]) has 507,653
+    # parameters (counted by hand: first block 69,632, five more 77,056 each, shortcuts 18,432, head 34,309).
+    model = build_model("inception1d", 12, 5, True, RATE)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 507_653
+    convs = [(layer.filters, layer.kernel_size[0]) for layer in model.layers if isinstance(layer, keras.layers.Conv1D)]
+    block = [(32, 1), (32, 39), (32, 19), (32, 9), (32, 1)]
+    assert sorted(convs) == sorted(block * 6 + [(128, 1)] * 2)
+    assert sum(isinstance(layer, keras.layers.Add) for layer in model.layers) == 2
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_training_reduces_loss_on_an_easy_problem(name: str) -> None:
     keras.utils.set_random_seed(0)
