@@ -19,6 +19,7 @@ from ecg_tfx.core import storage
 from ecg_tfx.data import conversion, conversion_flags
 from ecg_tfx.data.sources import SourceError
 from ecg_tfx.models import MODELS
+from ecg_tfx.serving.tflite import REPORT_FILE, summary_lines
 from ecg_tfx.training import distribute
 from ecg_tfx.training.config import LR_SCHEDULES, TrainConfig
 from ecg_tfx.training.trainer import train
@@ -92,7 +93,9 @@ _EXPORT = flags.DEFINE_bool("export", _DEFAULTS.export, "Export a SavedModel for
 _EXPORT_DIR = flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "Where to export; default <run_dir>/export.")
 _MODEL_NAME = flags.DEFINE_string("model_name", _DEFAULTS.model_name,
                                   "Model name in the export path (TF Serving's model name).")
-_TFLITE = flags.DEFINE_bool("tflite", _DEFAULTS.tflite, "Also export TFLite float32 and int8 models.")
+_TFLITE = flags.DEFINE_bool("tflite", _DEFAULTS.tflite, "Also export the TFLite variants (float32, float16, "
+                            "dynamic_range, int8, int16x8) and print their size, latency, agreement and verdict; "
+                            "agreement is measured on the test split (see `ecg_tfx.export --tflite`).")
 
 flags.mark_flags_as_required(["data_dir", "run_dir"])
 flags.register_validator("scale_range", lambda v: not v or (len(v) == 2 and 0 < float(v[0]) <= float(v[1])),
@@ -135,6 +138,8 @@ def main(argv: list[str]) -> None:
     summary = {split: {k: v for k, v in info.get(f"{split}_metrics", {}).get("record", {}).items()
                        if isinstance(v, float)} for split in ("validation", "test")}
     print(json.dumps({"run_dir": _RUN_DIR.value, "precision": info["precision"], **summary}, indent=1))
+    if _TFLITE.value and "export" in info:
+        print("\n".join(summary_lines(storage.read_json(storage.join(info["export"], REPORT_FILE)))))
 
 
 if __name__ == "__main__":

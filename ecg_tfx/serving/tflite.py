@@ -198,21 +198,24 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
 
 
 def summary_lines(report: dict) -> list[str]:
-    """One line per TFLite variant of an `export_report.json`: file, size, agreement, latency and verdict."""
-    lines = []
-    for variant, entry in report["tflite"].items():
-        if "file" not in entry:
-            lines.append(f"tflite {variant}: {entry['verdict'].upper()}, no file ({entry['reason']})")
-            continue
-        measured = ""
-        if "argmax_agreement" in entry:
-            latency = ", ".join(f"{ms:.1f} ms on {threads} thread(s)"
-                                for threads, ms in entry["latency_ms_batch1"].items())
-            measured = (f"argmax agreement {entry['argmax_agreement']:.1%} of {report['agreement_windows']} "
-                        f"{report['agreement_split']} windows, max |dp| {entry['max_abs_prob_diff']:.2g}, "
-                        f"batch-1 {latency}, ")
+    """An `export_report.json` as a table, one row per TFLite variant: file size (MB), batch-1 latency (ms) on 1
+    and 2 interpreter threads, argmax agreement with the SavedModel and the verdict (with its reason unless usable);
+    a header line says on how many windows agreement was measured and the SavedModel's own size and latency."""
+    saved = report["saved_model"]
+    lines = [f"TFLite variants ({report['interpreter']}); agreement with the SavedModel on "
+             f"{report['agreement_windows']} {report['agreement_split']} windows (usable: >= "
+             f"{report['min_agreement']:.0%} on >= {report['min_agreement_windows']}); SavedModel "
+             f"{saved['size_bytes'] / 1e6:.2f} MB, {saved['latency_ms_batch1']:.1f} ms batch 1",
+             f"{'variant':<14}{'MB':>6}{'ms 1 thr':>10}{'ms 2 thr':>10}{'agreement':>11}{'max |dp|':>10}  verdict"]
+    for variant in [v for v in VARIANTS if v in report["tflite"]]:  # a report read back has its keys sorted
+        entry = report["tflite"][variant]
+        latency = entry.get("latency_ms_batch1", {})
+        cells = [f"{entry['size_bytes'] / 1e6:6.2f}" if "size_bytes" in entry else f"{'-':>6}",
+                 *(f"{latency[t]:10.1f}" if t in latency else f"{'-':>10}" for t in ("1", "2")),
+                 f"{entry['argmax_agreement']:11.1%}" if "argmax_agreement" in entry else f"{'-':>11}",
+                 f"{entry['max_abs_prob_diff']:10.2g}" if "max_abs_prob_diff" in entry else f"{'-':>10}"]
         verdict = USABLE if entry["usable"] else f"{entry['verdict'].upper()} ({entry['reason']})"
-        lines.append(f"tflite {variant}: {entry['file']} {entry['size_bytes'] / 1e6:.2f} MB, {measured}{verdict}")
+        lines.append(f"{variant:<14}{''.join(cells)}  {verdict}")
     return lines
 
 

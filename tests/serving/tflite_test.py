@@ -43,9 +43,12 @@ def test_every_variant_is_reported_and_its_file_named_by_its_verdict(tiny_export
             assert min(entry["latency_ms_batch1"].values()) > 0
     float32 = report["tflite"]["float32"]
     assert float32["usable"] and float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
-    lines = tflite.summary_lines(report)  # what the export command prints
-    assert [line.split(":")[0] for line in lines] == [f"tflite {variant}" for variant in report["tflite"]]
-    assert [line.endswith(f", {USABLE}") for line in lines] == [e["usable"] for e in report["tflite"].values()]
+    lines = tflite.summary_lines(report)  # what the export and train commands print: a header, then a table
+    assert "on 4 test windows" in lines[0] and lines[1].split()[0] == "variant"
+    assert [line.split()[0] for line in lines[2:]] == list(tflite.VARIANTS)  # in VARIANTS' order
+    assert [line.endswith(f"  {USABLE}") for line in lines[2:]] == [report["tflite"][v]["usable"]
+                                                                     for v in tflite.VARIANTS]
+    assert f"{float32['argmax_agreement']:.1%}" in lines[2]
 
 
 def test_agreement_below_the_threshold_is_unusable(float32_case):
