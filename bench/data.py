@@ -100,10 +100,8 @@ def seconds_per_step(model, dataset, steps: int) -> float:
 
 @functools.lru_cache(maxsize=1)
 def exported() -> tuple[str, str]:
-    """A fresh export (SavedModel + TFLite float32/int8) of the CNN trained for a few steps; (version dir, run dir).
-
-    Made once per bench process and shared by the export and serving sections.
-    """
+    """A fresh SavedModel export of the CNN trained for a few steps, for the serving section; (version dir, run dir).
+    (The export section measures the demo's trained model instead, TFLite variants included.)"""
     from ecg_tfx.core.run_folder import RunFolder
     from ecg_tfx.serving.exporter import export_run
 
@@ -119,6 +117,5 @@ def exported() -> tuple[str, str]:
     model.save(RunFolder(str(run_dir)).model)
     model_spec.save(str(run_dir))
     with timing.quiet():
-        version = export_run(str(run_dir), str(export_dir), "ecg", version=1, tflite=True,
-                                    data_dir=dataset.data_dir)
+        version = export_run(str(run_dir), str(export_dir), "ecg", version=1, data_dir=dataset.data_dir)
     return version, str(run_dir)
