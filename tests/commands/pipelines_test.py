@@ -55,6 +55,6 @@ def test_the_demo_exports_tflite_with_enough_test_windows_to_judge_each_variant(
     flagfile = REPO / "pipelines" / "synthetic_quick.flags"
     assert "--tflite" in flagfile.read_text().split()
     result = subprocess.run([sys.executable, "-c", DEMO_TEST_WINDOWS, str(flagfile)], capture_output=True, text=True,
-                            cwd=REPO, timeout=120)
+                            cwd=REPO, timeout=600)  # TensorFlow's import alone took > 120 s at load 11 on 2 cores
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.strip().splitlines()[-1]) >= tflite.MIN_AGREEMENT_WINDOWS
