@@ -65,9 +65,9 @@ def predictors(version: str, run_dir: str, spec, report: dict) -> dict:
     from ecg_tfx.core.run_folder import RunFolder
     from ecg_tfx.dsp.preprocessing import preprocess
     from ecg_tfx.evaluation.decision import Decision
+    from ecg_tfx.models.ensemble import load_run
     from ecg_tfx.serving.contract import InputContract
     from ecg_tfx.serving.decide import calibrate
-    from ecg_tfx.serving.exporter import load_run
     from ecg_tfx.serving.tflite import TFLiteRunner
 
     model, _ = load_run(run_dir)

@@ -67,6 +67,27 @@ class ModelSpec:
         return json.dumps(self.to_json(), sort_keys=True)
 
 
+def common_spec(specs: dict[str, ModelSpec]) -> ModelSpec:
+    """The one ModelSpec of several runs (run folder -> its spec), which an ensemble serves; ValueError naming the
+    first field (e.g. `labels`, `sample_rate_hz`, `preprocessing.highpass_hz`) where a run differs from the first."""
+    (first_run, first), *others = specs.items()
+    expected = _flat(first.to_json())
+    for run, spec in others:
+        for key, value in _flat(spec.to_json()).items():
+            if value != expected[key]:
+                raise ValueError(f"runs of an ensemble must share one model spec, but {key} differs: "
+                                 f"{expected[key]!r} in {first_run}, {value!r} in {run}")
+    return first
+
+
+def _flat(value: dict, prefix: str = "") -> dict:
+    """Nested JSON dicts as one dict keyed by dotted paths."""
+    flat = {}
+    for key, item in value.items():
+        flat.update(_flat(item, f"{prefix}{key}.") if isinstance(item, dict) else {f"{prefix}{key}": item})
+    return flat
+
+
 def frame(signal: tf.Tensor, size: int, stride: int) -> tf.Tensor:
     """[batch, time, leads] -> [batch, frames, size, leads]: every full frame, at least one (zero-padded)."""
     time = tf.shape(signal)[1]

@@ -1,15 +1,17 @@
 """The model card written with every export: `assets.extra/model_card.json` and `model_card.md` (the same facts).
 
-It gathers what the run folder and the data folder know: the model and its input, the data and its patient-wise
-splits (manifest.json), the test metrics with their bootstrap 95% CIs (the run's metrics.json), the fitted
-decision (calibration, thresholds, abstention), the input contract, the intended use and the limits. What is
-missing (no data folder, a run never evaluated, test metrics of another decision) is said, not guessed.
+It gathers what the run folder (or an ensemble's run folders, all named) and the data folder know: the model and
+its input, the data and its patient-wise splits (manifest.json), the test metrics with their bootstrap 95% CIs
+(the run's metrics.json; an ensemble's are not in any run folder), the fitted decision (calibration, thresholds,
+abstention), the input contract, the intended use and the limits. What is missing (no data folder, a run never
+evaluated, test metrics of another decision) is said, not guessed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -37,13 +39,20 @@ LIMITS = (
 )
 
 
-def model_card(spec: ModelSpec, decision: Decision, run_dir: str, data_dir: str | None) -> dict:
-    """The card's facts as plain JSON."""
-    run = RunFolder(run_dir)
-    info = storage.read_json(run.run_info) if tf.io.gfile.exists(run.run_info) else {}
+def model_card(spec: ModelSpec, decision: Decision, run_dirs: Sequence[str], data_dir: str | None) -> dict:
+    """The card's facts as plain JSON, of one run or of a seed ensemble of several (`runs` names them)."""
+    runs = [RunFolder(run_dir) for run_dir in run_dirs]
+    infos = [storage.read_json(run.run_info) if tf.io.gfile.exists(run.run_info) else {} for run in runs]
+    info = infos[0]
     data_dir = data_dir or info.get("data_dir")
     limits = list(LIMITS)
-    metrics = _test_metrics(run, decision, limits)
+    if len(runs) == 1:
+        metrics = _test_metrics(runs[0], decision, limits)
+    else:
+        metrics = None
+        limits.append(f"The ensemble's test metrics are not in any run folder: evaluate it with `python -m "
+                      f"ecg_tfx.evaluate --run_dir={','.join(run_dirs)} --out_dir=...`.")
+    parameters = [member.get("parameters") for member in infos]
     if decision.fitted_on is None:
         limits.append("No decision was fitted for this run: probabilities are uncalibrated, decisions are the "
                       "argmax (single-label) or 0.5 per class, and the model never abstains.")
@@ -56,9 +65,10 @@ def model_card(spec: ModelSpec, decision: Decision, run_dir: str, data_dir: str 
             "leads": list(spec.leads), "sample_rate_hz": spec.sample_rate_hz,
             "input_seconds": spec.input_samples / spec.sample_rate_hz,
             "window_seconds": spec.window_samples / spec.sample_rate_hz,
-            "parameters": info.get("parameters"), "trained_with": {
+            "parameters": None if None in parameters else sum(parameters), "trained_with": {
                 key: info[key] for key in ("tensorflow", "keras", "precision", "epochs_run") if key in info},
         },
+        "runs": list(run_dirs),
         "data": _data(data_dir),
         "test_metrics": metrics,
         "decision": decision.to_json(),
@@ -113,7 +123,9 @@ def markdown(card: dict) -> str:
              f"**Classes** ({'multi-label' if model['multi_label'] else 'single-label'}): "
              f"{', '.join(model['classes'])}. **Input**: leads {', '.join(model['leads'])} at "
              f"{model['sample_rate_hz']} Hz, model inputs of {model['input_seconds']:g} s. "
-             f"**Parameters**: {model['parameters'] or 'n/a'}.", "", "## Intended use", "", card["intended_use"], "",
+             f"**Parameters**: {model['parameters'] or 'n/a'}.", "",
+             f"**Runs** ({'a seed ensemble: the mean of their probabilities' if len(card['runs']) > 1 else 'one'}): "
+             + ", ".join(f"`{run}`" for run in card["runs"]) + ".", "", "## Intended use", "", card["intended_use"], "",
              "## Data and splits", ""]
     if data:
         lines += [f"Source `{data['source']}`, labels `{data['labels']}`, split by patient.", "",
@@ -159,10 +171,10 @@ def markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(version_dir: str, spec: ModelSpec, decision: Decision, run_dir: str,
+def write_model_card(version_dir: str, spec: ModelSpec, decision: Decision, run_dirs: Sequence[str],
                      data_dir: str | None) -> None:
     """Writes both files into `<version_dir>/assets.extra/`."""
-    card = model_card(spec, decision, run_dir, data_dir)
+    card = model_card(spec, decision, run_dirs, data_dir)
     extra = storage.join(version_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
     storage.write_json(storage.join(extra, JSON_FILE), card)

@@ -18,8 +18,9 @@ from ecg_tfx.data import input_pipeline
 from ecg_tfx.dsp.preprocessing import preprocess
 from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.models import build_model
+from ecg_tfx.models.ensemble import load_run
 from ecg_tfx.serving.decide import calibrate
-from ecg_tfx.serving.exporter import REPORT_FILE, export_run, load_run
+from ecg_tfx.serving.exporter import REPORT_FILE, export_run
 from ecg_tfx.serving.precision import with_compute_dtype
 from ecg_tfx.serving.tflite import TFLiteRunner, read_windows
 
