@@ -1,6 +1,10 @@
 """Evaluates a trained model on one split and writes metrics and figures (see `ecg_tfx.evaluation`).
 
     python -m ecg_tfx.evaluate --run_dir=workspace/runs/ptb --data_dir=workspace/tfrecords/ptb [--split=test]
+    python -m ecg_tfx.evaluate --run_dir=workspace/runs/s0,workspace/runs/s1 --out_dir=workspace/runs/ensemble ...
+
+Several run folders are scored as their seed ensemble (the mean of their probabilities, as `export` serves it),
+with the decision `export --data_dir` fits for it on the validation split (written to <out_dir>/decision.json).
 """
 
 from __future__ import annotations
@@ -12,47 +16,57 @@ from absl import app, flags
 
 from ecg_tfx.core import storage
 from ecg_tfx.core.manifest import SPLITS, Manifest
-from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.core.run_folder import CHECKPOINTS, RunFolder
 from ecg_tfx.evaluation import plots
 from ecg_tfx.evaluation.decision import Decision
-from ecg_tfx.evaluation.evaluate import evaluate, summary
+from ecg_tfx.evaluation.evaluate import evaluate, fit_decision, summary
 
-_RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run folder (model.keras, best.keras, model_spec.json).")
+_RUN_DIR = flags.DEFINE_list("run_dir", None, "Training run folder (model.keras, best.keras, model_spec.json), "
+                             "or a comma-separated list of runs of one task: their seed ensemble (needs --out_dir).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted TFRecords with manifest.json.")
 _SPLIT = flags.DEFINE_enum("split", "test", list(SPLITS), "Split to evaluate.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "final", list(CHECKPOINTS),
                                 "final = model.keras (what training evaluated and exported), best = best.keras.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "", "Where outputs go; default as train writes them: the run folder for "
-                               "test, <run_dir>/<split> otherwise, under <run_dir>/best for --checkpoint=best.")
+                               "test, <run_dir>/<split> otherwise, under <run_dir>/best for --checkpoint=best. "
+                               "Required for an ensemble.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Windows per batch.", lower_bound=1)
 
 flags.mark_flags_as_required(["run_dir", "data_dir"])
 for _name in ("run_dir", "data_dir"):
     flags.register_validator(_name, bool, f"--{_name} must not be empty")
+flags.register_multi_flags_validator(["run_dir", "out_dir"], lambda f: len(f["run_dir"] or []) < 2 or f["out_dir"],
+                                     "an ensemble (several --run_dir) needs --out_dir")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import keras  # deferred: flag parsing and --help stay fast
+    from ecg_tfx.models.ensemble import average, load_runs  # deferred: flag parsing and --help stay fast
 
-    run = RunFolder(_RUN_DIR.value)
-    storage.enable_filesystem(run.path)
-    model_path = run.checkpoint(_CHECKPOINT.value)
-    if not tf.io.gfile.exists(model_path):
-        sys.exit(f"error: {model_path} does not exist (is --run_dir a finished training run?)")
-    spec = ModelSpec.load(run.path)
-    model = keras.saving.load_model(model_path, compile=False)
-    out_dir = _OUT_DIR.value or run.evaluation_dir(_SPLIT.value, _CHECKPOINT.value)
-    decision = Decision.load(run.decision) if tf.io.gfile.exists(run.decision) else None  # None: the defaults
+    runs = [RunFolder(path) for path in _RUN_DIR.value]
+    for run in runs:
+        storage.enable_filesystem(run.path)
+        if not tf.io.gfile.exists(run.checkpoint(_CHECKPOINT.value)):
+            sys.exit(f"error: {run.checkpoint(_CHECKPOINT.value)} does not exist (is --run_dir a finished training "
+                     "run?)")
+    manifest = Manifest.load(_DATA_DIR.value)
     try:
-        result = evaluate(model, spec, _DATA_DIR.value, Manifest.load(_DATA_DIR.value), _SPLIT.value, out_dir,
-                          _BATCH_SIZE.value, decision)
+        members, spec = load_runs(_RUN_DIR.value, _CHECKPOINT.value)
+        model = average(members)
+        out_dir = _OUT_DIR.value or runs[0].evaluation_dir(_SPLIT.value, _CHECKPOINT.value)
+        if len(runs) > 1:  # the decision an ensemble's export fits (its members' do not apply to their mean)
+            decision = fit_decision(model, spec, _DATA_DIR.value, manifest, _BATCH_SIZE.value)
+        else:
+            decision = Decision.load(runs[0].decision) if tf.io.gfile.exists(runs[0].decision) else None  # defaults
+        result = evaluate(model, spec, _DATA_DIR.value, manifest, _SPLIT.value, out_dir, _BATCH_SIZE.value, decision)
     except ValueError as error:
         sys.exit(f"error: {error}")
-    if tf.io.gfile.exists(run.history):
-        plots.save_training_history(run.history, run.history_plot)
+    if len(runs) > 1:
+        decision.save(storage.join(out_dir, "decision.json"))
+        print(f"seed ensemble of {len(runs)} runs: {', '.join(run.path for run in runs)}")
+    elif tf.io.gfile.exists(runs[0].history):
+        plots.save_training_history(runs[0].history, runs[0].history_plot)
     print(summary(result, out_dir))
 
 
