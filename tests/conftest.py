@@ -50,13 +50,12 @@ def tiny_conversion(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.P
     return data_dir, conversion.run(config, str(data_dir))
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tiny_conversion, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A run folder (model.keras, model_spec.json) with the seed CNN on 2.5-s inputs, fitted for one epoch."""
+def _train_tiny_run(tiny_conversion, run_dir: pathlib.Path, seed: int) -> pathlib.Path:
+    """The seed CNN on 2.5-s inputs fitted for one epoch from seed `seed`, saved as a run folder (model.keras,
+    model_spec.json)."""
     data_dir, manifest = tiny_conversion
-    run_dir = tmp_path_factory.mktemp("tiny_run")
     spec = manifest.model_spec("cnn", input_seconds=2.5, eval_stride_seconds=2.5)
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     model = build_model("cnn", len(spec.leads), len(spec.labels), False, spec.sample_rate_hz)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 16, training=False), epochs=1,
@@ -64,6 +63,18 @@ def tiny_run(tiny_conversion, tmp_path_factory: pytest.TempPathFactory) -> pathl
     model.save(RunFolder(str(run_dir)).model)
     spec.save(str(run_dir))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_conversion, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A run folder (model.keras, model_spec.json) with the seed CNN on 2.5-s inputs, fitted for one epoch."""
+    return _train_tiny_run(tiny_conversion, tmp_path_factory.mktemp("tiny_run"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_seed1(tiny_conversion, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """`tiny_run` trained from seed 1: with it, a two-member seed ensemble."""
+    return _train_tiny_run(tiny_conversion, tmp_path_factory.mktemp("tiny_run_seed1"), seed=1)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,3 +92,15 @@ def tiny_export(tiny_conversion, tiny_run, tmp_path_factory: pytest.TempPathFact
     version = export_run(str(tiny_run), str(export_dir), "ecg", tflite=True, data_dir=str(data_dir),
                          min_agreement_windows=1)
     return {"data": data_dir, "run": tiny_run, "export_dir": export_dir, "version": pathlib.Path(version)}
+
+
+@pytest.fixture(scope="session")
+def tiny_ensemble_export(tiny_conversion, tiny_run, tiny_run_seed1,
+                         tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path | list[pathlib.Path]]:
+    """The seed ensemble of `tiny_run` and `tiny_run_seed1` exported with TFLite, its decision fitted on the tiny
+    validation split: its data, runs and version folder."""
+    data_dir, _ = tiny_conversion
+    runs = [tiny_run, tiny_run_seed1]
+    version = export_run([str(run) for run in runs], str(tmp_path_factory.mktemp("tiny_ensemble_export")), "ecg",
+                         tflite=True, data_dir=str(data_dir), min_agreement_windows=1)
+    return {"data": data_dir, "runs": runs, "version": pathlib.Path(version)}
