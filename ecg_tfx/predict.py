@@ -5,6 +5,11 @@
     python -m ecg_tfx.predict --model=exports/ecg/1/tflite/model_float32.tflite --sample_rate=500 --units=mV \\
         --leads=i,ii,iii,avr,avl,avf,v1,v2,v3,v4,v5,v6 --top_k=3 --json ecg.npy
 
+Prints, per file, the decision the export makes (`serving_default`'s, for a SavedModel and a TFLite model alike):
+the present classes (multi-label: those at or above their fitted thresholds; single-label: the argmax), "none",
+or "inconclusive" with its reason (low_confidence, or poor_signal from the signal-quality gate), the decision's
+confidence, the gate's heart rate and bad leads, and the top-k classes by calibrated probability.
+
 Inputs: WFDB records (the `.hea` path; rate, lead names and units come from the header), CSV (a header row of lead
 names, one column per lead; `--sample_rate` and `--units` required) and `.npy` ([time, leads]; `--sample_rate`,
 `--units` and `--leads` required). Leads are matched to the model's by name; rate and units are never guessed.
@@ -36,9 +41,16 @@ flags.mark_flag_as_required("model")
 
 
 def format_text(result: dict) -> str:
+    """Three lines per file: the export's decision (with why, when inconclusive), the quality gate, the top-k."""
+    why = f"{result['reason']}; " if result["reason"] else ""
     ranked = ", ".join(f"{entry['class']} {entry['probability']:.3f}" for entry in result["top_k"])
-    return (f"{result['file']}: {result['diagnosis']} (confidence {result['confidence']:.3f}; "
-            f"{result['duration_s']:.1f} s at {result['sample_rate_hz']:g} Hz)\n  top {len(result['top_k'])}: {ranked}")
+    rate = "no heart rate" if result["heart_rate_bpm"] is None else f"heart rate {result['heart_rate_bpm']:.0f} bpm"
+    verdict = "unreadable" if result["signal_unreadable"] else "readable"
+    return (f"{result['file']}: {result['decision']} ({why}confidence {result['confidence']:.3f}; "
+            f"{result['duration_s']:.1f} s at {result['sample_rate_hz']:g} Hz)\n"
+            f"  signal {verdict}: {rate}, bad leads: {','.join(result['bad_leads']) or 'none'} "
+            f"(quality gate {result['quality_gate']})\n"
+            f"  top {len(result['top_k'])}: {ranked}")
 
 
 def main(argv: list[str]) -> None:

@@ -77,6 +77,27 @@ def tiny_run_seed1(tiny_conversion, tmp_path_factory: pytest.TempPathFactory) ->
     return _train_tiny_run(tiny_conversion, tmp_path_factory.mktemp("tiny_run_seed1"), seed=1)
 
 
+@pytest.fixture(scope="session")
+def ptbxl_lead_i(ptbxl_dir, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """PTB-XL records 1-400 as `pipelines/ptbxl_lead_i.flags` converts them (superclasses, multi-label, lead I alone,
+    100 Hz, folds 1-8 / 9 / 10) and a run of the small `features` model fitted for 5 epochs (~10 s of training on 2
+    cores), with no decision.json: data folder, manifest, run folder, spec and the Keras model."""
+    data_dir = tmp_path_factory.mktemp("ptbxl_lead_i")
+    config = conversion.ConversionConfig(source="ptbxl", input_dir=str(ptbxl_dir), labels="superdiagnostic",
+                                         ptbxl_resolution=100, sample_rate=100, leads="I")
+    manifest = conversion.run(config, str(data_dir))
+    spec = manifest.model_spec("features", input_seconds=2.5, eval_stride_seconds=2.5)
+    keras.utils.set_random_seed(0)
+    model = build_model("features", len(spec.leads), len(spec.labels), True, spec.sample_rate_hz)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 64, training=False), epochs=5,
+              verbose=0)
+    run_dir = tmp_path_factory.mktemp("ptbxl_lead_i_run")
+    model.save(RunFolder(str(run_dir)).model)
+    spec.save(str(run_dir))
+    return {"data": data_dir, "manifest": manifest, "run": run_dir, "spec": spec, "model": model}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_latency_call() -> None:
     """Tests check that TFLite latencies are reported, not their values: one timed call each, not LATENCY_RUNS."""

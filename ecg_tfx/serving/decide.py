@@ -1,6 +1,10 @@
 """The fitted `Decision` (`ecg_tfx.evaluation.decision`) in the served graph, in stock TF ops (TFLite builtins too).
 
-`calibrate` turns raw probabilities into calibrated ones; `decision_outputs` adds what a client acts on:
+The one place a record's answer is made: `record_outputs` takes the record's raw probabilities (the mean of its
+windows' uncalibrated probabilities, as the decision was fitted) and its raw mV signal, calibrates, runs the
+signal-quality gate and decides. The SavedModel's signatures call it in-graph; `predict` calls it eagerly on the
+mean of a TFLite window model's (uncalibrated) outputs, so both paths calibrate the mean, never average calibrated
+windows. `calibrate` turns raw probabilities into calibrated ones; `decision_outputs` adds what a client acts on:
 - `present` bool [batch, classes]: the classes decided present (single-label: the argmax; multi-label: the
   calibrated probability at or above its class's threshold), `present_names` string [batch]: their names joined
   by ",";
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from ecg_tfx.dsp.quality import signal_quality
 from ecg_tfx.evaluation.calibration import EPSILON, Calibration
 from ecg_tfx.evaluation.decision import Decision
 
@@ -61,4 +66,23 @@ def decision_outputs(calibrated: tf.Tensor, decision: Decision, class_names: tf.
         "confidence": confidence,
         "reason": reason,
         "decision": tf.where(tf.equal(reason, ""), answer, INCONCLUSIVE),
+    }
+
+
+def record_outputs(probabilities: tf.Tensor, signal: tf.Tensor, sample_rate_hz: int, decision: Decision,
+                   class_names: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Raw probabilities [batch, classes] of raw mV `signal` [batch, time, leads] at `sample_rate_hz` -> the
+    calibrated `probabilities`, their argmax (`class_id`, `class_name`), the signal-quality gate's `bad_leads`,
+    `heart_rate_bpm` and `signal_unreadable`, and `decision_outputs` (inconclusive where the signal is unreadable)."""
+    calibrated = calibrate(probabilities, decision.calibration)
+    class_id = tf.argmax(calibrated, axis=-1, output_type=tf.int64)
+    quality = signal_quality(signal, sample_rate_hz)
+    return {
+        "probabilities": calibrated,
+        "class_id": class_id,
+        "class_name": tf.gather(class_names, class_id),
+        "bad_leads": quality["bad_lead"],
+        "heart_rate_bpm": quality["heart_rate_bpm"],
+        "signal_unreadable": quality["unreadable"],
+        **decision_outputs(calibrated, decision, class_names, poor_signal=quality["unreadable"]),
     }

@@ -16,12 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 from ecg_tfx.core import storage
-from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.core.model_spec import ModelSpec, frame
 from ecg_tfx.core.records import STANDARD12, RecordError, RecordRef, canonical_lead
-from ecg_tfx.data import transform
 from ecg_tfx.data.wfdb_io import available_channels, read_header, read_wfdb_record
+from ecg_tfx.dsp.resample import resample
+from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving.contract import InputContract, check_recording
-from ecg_tfx.serving.tflite import USABLE, TFLiteRunner, verdict_of
+from ecg_tfx.serving.decide import record_outputs
+from ecg_tfx.serving.tflite import DECISION_FILE, USABLE, TFLiteRunner, verdict_of
 from ecg_tfx.serving.versions import list_versions
 
 TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
@@ -115,7 +117,9 @@ def match_leads(recording: Recording, model_leads: tuple[str, ...]) -> np.ndarra
 
 
 class SavedModelPredictor:
-    """The `serving_default` signature of an exported SavedModel."""
+    """The `serving_default` signature of an exported SavedModel: calibration, quality gate and decision in-graph."""
+
+    quality_gate = "in the SavedModel"
 
     def __init__(self, path: str):
         self.model = tf.saved_model.load(path)
@@ -124,40 +128,49 @@ class SavedModelPredictor:
         self.leads = tuple(name.decode() for name in metadata["leads"].numpy())
         self.contract = InputContract.loads(metadata["input_contract_json"].numpy().decode())
 
-    def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> np.ndarray:
-        """[time, model leads] mV -> probabilities [classes] averaged over the recording."""
+    def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> dict[str, np.ndarray]:
+        """[time, model leads] mV -> `decide.record_outputs` of the recording, batch dimension dropped."""
         rate = check_recording(self.contract, signal, sample_rate_hz)
         outputs = self.model.signatures["serving_default"](
             ecg=tf.constant(signal[None], tf.float32), sample_rate=tf.constant([rate], tf.float32))
-        return outputs["probabilities"].numpy()[0]
+        return {name: value.numpy()[0] for name, value in outputs.items()}
 
 
 class TFLitePredictor:
-    """A TFLite window model; resampling and windowing run here as the converter runs them.
+    """A TFLite window model. Resampling and windowing run here as in `serving_default` (the same TF ops), and
+    the record's answer is `decide.record_outputs` of the mean window output with the export's
+    `tflite/decision.json`: the same calibration, thresholds, abstention and quality gate as the SavedModel (the
+    gate runs here in TensorFlow; the TFLite file holds only the window model).
 
     A model whose `export_report.json` entry is not 'usable' (too little agreement with the SavedModel, a failed
     interpreter, too few windows to tell) is refused unless `allow_unusable`.
     """
+
+    quality_gate = "run by predict (the TFLite model has no gate)"
 
     def __init__(self, path: str, allow_unusable: bool = False):
         entry = verdict_of(path)
         if entry is not None and entry["verdict"] != USABLE and not allow_unusable:
             raise UnusableModelError(f"{path} is flagged {entry['verdict'].upper()} by its export report "
                                      f"({entry['reason']}); pass --allow_unusable to use it anyway")
-        self.spec = ModelSpec.load(os.path.dirname(path))
+        folder = os.path.dirname(path)
+        self.spec = ModelSpec.load(folder)
         with tf.io.gfile.GFile(path, "rb") as f:
             self.runner = TFLiteRunner(f.read())
         self.labels, self.leads = self.spec.labels, self.spec.leads
-        self.contract = InputContract.load(os.path.dirname(path))
+        self.contract = InputContract.load(folder)
+        self.decision = Decision.load(storage.join(folder, DECISION_FILE))
 
-    def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> np.ndarray:
-        """[time, model leads] mV -> probabilities [classes] averaged over the recording's windows."""
+    def __call__(self, signal: np.ndarray, sample_rate_hz: float) -> dict[str, np.ndarray]:
+        """[time, model leads] mV -> `decide.record_outputs` of the recording, batch dimension dropped."""
         spec = self.spec
         rate = check_recording(self.contract, signal, sample_rate_hz)
-        resampled = transform.resample(signal, rate, spec.sample_rate_hz)
-        plan = transform.WindowPlan(spec.leads, spec.sample_rate_hz, spec.window_samples, spec.stride_samples,
-                                    pad_short=True, labels=spec.labels)
-        return np.mean([self.runner(window[None])[0] for window in transform.windows(resampled, plan)], axis=0)
+        resampled = resample(tf.constant(signal[None], tf.float32), int(rate), spec.sample_rate_hz)
+        windows = frame(resampled, spec.window_samples, spec.stride_samples)[0].numpy()
+        raw = np.mean([self.runner(window[None])[0] for window in windows], axis=0)
+        outputs = record_outputs(tf.constant(raw[None], tf.float32), resampled, spec.sample_rate_hz, self.decision,
+                                 tf.constant(self.labels))
+        return {name: value.numpy()[0] for name, value in outputs.items()}
 
 
 def load_predictor(path: str, allow_unusable: bool = False) -> SavedModelPredictor | TFLitePredictor:
@@ -174,15 +187,26 @@ def load_predictor(path: str, allow_unusable: bool = False) -> SavedModelPredict
 
 
 def diagnose(predictor: SavedModelPredictor | TFLitePredictor, path: str, top_k: int, **reading) -> dict:
-    """The prediction for one file: diagnosis, confidence and the top-k classes with their probabilities."""
+    """The export's answer for one file: `decision` (the present classes' names, "none", or "inconclusive"),
+    `present` (names), `reason` ("", "low_confidence" or "poor_signal"), `confidence`, the signal-quality gate's
+    `bad_leads` (names), `heart_rate_bpm` (None when no rate was found) and `signal_unreadable`, and the top-k
+    classes by calibrated probability."""
     recording = read_recording(path, **reading)
-    probabilities = predictor(match_leads(recording, predictor.leads), recording.sample_rate_hz)
+    outputs = predictor(match_leads(recording, predictor.leads), recording.sample_rate_hz)
+    probabilities = outputs["probabilities"]
     order = np.argsort(-probabilities)[:top_k]
+    heart_rate = float(outputs["heart_rate_bpm"])
     return {
         "file": path,
-        "diagnosis": predictor.labels[order[0]],
-        "confidence": float(probabilities[order[0]]),
+        "decision": outputs["decision"].decode(),
+        "present": [name for name, present in zip(predictor.labels, outputs["present"]) if present],
+        "reason": outputs["reason"].decode(),
+        "confidence": float(outputs["confidence"]),
         "top_k": [{"class": predictor.labels[i], "probability": float(probabilities[i])} for i in order],
+        "bad_leads": [name for name, bad in zip(predictor.leads, outputs["bad_leads"]) if bad],
+        "heart_rate_bpm": heart_rate if np.isfinite(heart_rate) else None,
+        "signal_unreadable": bool(outputs["signal_unreadable"]),
+        "quality_gate": predictor.quality_gate,
         "sample_rate_hz": recording.sample_rate_hz,
         "duration_s": len(recording.signal) / recording.sample_rate_hz,
     }

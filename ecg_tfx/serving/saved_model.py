@@ -31,11 +31,10 @@ from tensorflow_serving.apis import classification_pb2, input_pb2, model_pb2, pr
 from ecg_tfx.core import compat, schema, storage
 from ecg_tfx.core.model_spec import ModelSpec, frame, window_probabilities
 from ecg_tfx.dsp.preprocessing import preprocess
-from ecg_tfx.dsp.quality import signal_quality
 from ecg_tfx.dsp.resample import resample
 from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving.contract import InputContract, checked_recordings, checked_windows
-from ecg_tfx.serving.decide import calibrate, decision_outputs
+from ecg_tfx.serving.decide import calibrate, record_outputs
 
 LABELS_FILE = "labels.txt"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -74,21 +73,9 @@ class ExportModule(tf.Module):
         return window_probabilities(self.model, preprocess(windows, self._spec.preprocessing), self._spec)
 
     def _outputs(self, probabilities: tf.Tensor, signal: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Raw probabilities of raw mV `signal` [batch, time, leads] at the spec's rate -> calibrated ones, their
-        argmax, the signal-quality verdict and the decision (inconclusive where the signal is unreadable)."""
-        calibrated = calibrate(probabilities, self._decision.calibration)
-        class_id = tf.argmax(calibrated, axis=-1, output_type=tf.int64)
-        quality = signal_quality(signal, self._spec.sample_rate_hz)
-        return {
-            "probabilities": calibrated,
-            "class_id": class_id,
-            "class_name": tf.gather(self.class_names, class_id),
-            "bad_leads": quality["bad_lead"],
-            "heart_rate_bpm": quality["heart_rate_bpm"],
-            "signal_unreadable": quality["unreadable"],
-            **decision_outputs(calibrated, self._decision, tf.convert_to_tensor(self.class_names),
-                               poor_signal=quality["unreadable"]),
-        }
+        """Raw probabilities of raw mV `signal` [batch, time, leads] at the spec's rate -> `decide.record_outputs`."""
+        return record_outputs(probabilities, signal, self._spec.sample_rate_hz, self._decision,
+                              tf.convert_to_tensor(self.class_names))
 
     def _serve_ecg(self, ecg: tf.Tensor, sample_rate: tf.Tensor) -> dict[str, tf.Tensor]:
         spec = self._spec

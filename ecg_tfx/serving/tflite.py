@@ -1,8 +1,10 @@
-"""TFLite export for phones: a window model (raw mV window -> calibrated probabilities, preprocessing and
-calibration inside) converted to five variants with builtin ops only, the interpreter that runs them (LiteRT where
-installed), and the report of size, latency and agreement with the SavedModel that says which variants are usable
-(`export_report.json`). The fitted decision's thresholds and abstention threshold travel beside the models in
-`tflite/decision.json` for the app to apply."""
+"""TFLite export for phones: a window model (raw mV window -> uncalibrated probabilities, preprocessing inside)
+converted to five variants with builtin ops only, the interpreter that runs them (LiteRT where installed), and the
+report of size, latency and agreement with the SavedModel that says which variants are usable
+(`export_report.json`). The fitted decision (calibration, thresholds, abstention) travels beside the models in
+`tflite/decision.json`: like `serving_default`, the app (or `predict`, through `decide.record_outputs`) averages
+a recording's window outputs, then calibrates the mean and decides, as the decision was fitted. The windows are
+not calibrated one by one, which would differ from `serving_default` for recordings of several windows."""
 
 from __future__ import annotations
 
@@ -39,8 +41,9 @@ DECISION_FILE = "decision.json"
 REPORT_FILE = "export_report.json"  # beside the SavedModel: sizes, latencies and each TFLite variant's verdict
 VARIANTS = ("float32", "float16", "dynamic_range", "int8", "int16x8")  # int16x8: int16 activations, int8 weights
 USABLE = "usable"
-# A variant is usable when its argmax agreement with the SavedModel (and, multi-label, each class's decision at 0.5)
-# reaches MIN_AGREEMENT, the issue's target: at most one window in a hundred changes its diagnosis.
+# A variant is usable when its argmax agreement with the SavedModel (and, multi-label, each class's decision at the
+# fitted thresholds of `decision.json`) reaches MIN_AGREEMENT, the issue's target: at most one window in a hundred
+# changes its diagnosis.
 MIN_AGREEMENT = 0.99
 # Below this many test windows the verdict is "not measured": with 200, a variant that truly agrees on 97% still
 # shows >= 99% with probability ~6% (binomial); the bench's int8 (79% on 71 windows) showed 100% on 4.
@@ -50,9 +53,9 @@ LATENCY_THREADS = (1, 2)  # interpreter threads of the batch-1 latencies (XNNPAC
 LATENCY_RUNS = 10  # batch-1 calls whose median is reported
 
 
-def save_window_model(model: keras.Model, spec: ModelSpec, decision: Decision, path: str) -> None:
-    """Saves the TFLite source graph: raw mV window [1, window_samples, leads] at the spec's rate -> calibrated
-    probabilities (as `serve_examples` returns them).
+def save_window_model(model: keras.Model, spec: ModelSpec, path: str) -> None:
+    """Saves the TFLite source graph: raw mV window [1, window_samples, leads] at the spec's rate -> uncalibrated
+    probabilities [1, classes] (`serve_examples` returns them calibrated by `decide.calibrate`).
 
     Written with Keras' ExportArchive: the converter cannot freeze Keras 3 variables saved by a plain
     `tf.saved_model.save` ("missing attribute 'value'", tensorflow/tensorflow#62610).
@@ -61,8 +64,8 @@ def save_window_model(model: keras.Model, spec: ModelSpec, decision: Decision, p
     archive.track(model)
     archive.add_endpoint(
         "serving_default",
-        lambda ecg: {"probabilities": calibrate(window_probabilities(  # TFLite has no inverse FFT: the same FIR
-            model, preprocess(ecg, spec.preprocessing, method="rfft_only"), spec), decision.calibration)},
+        lambda ecg: {"probabilities": window_probabilities(  # TFLite has no inverse FFT: the same FIR
+            model, preprocess(ecg, spec.preprocessing, method="rfft_only"), spec)},
         input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32, name="ecg")])
     archive.write_out(path, verbose=False)
 
@@ -178,7 +181,7 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
             yield [window[None]]
 
     with tempfile.TemporaryDirectory() as source:
-        save_window_model(model, spec, decision, source)
+        save_window_model(model, spec, source)
         for variant in VARIANTS:
             try:
                 content = convert_tflite(source, variant, representative)
@@ -187,7 +190,7 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
                                              "reason": _first_line(error)}
                 logging.warning("!!! %s TFLite: conversion failed, no file written: %s", variant, error)
                 continue
-            entry = evaluate_variant(content, windows, reference, spec.multi_label, min_agreement_windows)
+            entry = evaluate_variant(content, windows, reference, decision, min_agreement_windows)
             suffix = "" if entry["usable"] else "_" + entry["verdict"].replace(" ", "_")
             file_name = f"model_{variant}{suffix}.tflite"
             storage.write_bytes(storage.join(tflite_dir, file_name), content)
@@ -231,27 +234,31 @@ def verdict_of(tflite_path: str) -> dict | None:
     return entries[0] if entries else None
 
 
-def evaluate_variant(content: bytes, windows: np.ndarray, reference: np.ndarray, multi_label: bool,
-              min_windows: int) -> dict:
-    """Agreement with the SavedModel's probabilities on the same windows, batch-1 latencies, and the verdict:
-    'usable', 'unusable' (below MIN_AGREEMENT, or the interpreter failed) or 'not measured' (too few windows)."""
+def evaluate_variant(content: bytes, windows: np.ndarray, reference: np.ndarray, decision: Decision,
+                     min_windows: int) -> dict:
+    """Agreement with the SavedModel's calibrated probabilities `reference` on the same windows (the variant's
+    outputs calibrated by `decision`; multi-label: each class's decision at its fitted threshold), batch-1
+    latencies, and the verdict: 'usable', 'unusable' (below MIN_AGREEMENT, or the interpreter failed) or
+    'not measured' (too few windows)."""
     try:
         runner = TFLiteRunner(content)
-        probabilities = np.concatenate([runner(window[None]) for window in windows])
+        raw = np.concatenate([runner(window[None]) for window in windows])
         runners = {threads: TFLiteRunner(content, threads) for threads in LATENCY_THREADS}
         latency = {str(threads): median_ms(lambda r=r: r(windows[:1])) for threads, r in runners.items()}
     except Exception as error:  # e.g. TF 2.21's int8 preprocessing failed in a quantized DIV kernel
         return {"verdict": "unusable", "usable": False, "reason": f"the interpreter failed: {_first_line(error)}"}
-    if not np.all(np.isfinite(probabilities)):
+    if not np.all(np.isfinite(raw)):
         return {"verdict": "unusable", "usable": False, "reason": "the model outputs non-finite probabilities"}
+    probabilities = calibrate(tf.constant(raw), decision.calibration).numpy()
     entry = {"argmax_agreement": float(np.mean(probabilities.argmax(-1) == reference.argmax(-1))),
              "max_abs_prob_diff": float(np.max(np.abs(probabilities - reference))),
              "latency_ms_batch1": latency}
     agreements = {"argmax agreement": entry["argmax_agreement"]}
-    if multi_label:
-        per_class = np.mean((probabilities >= 0.5) == (reference >= 0.5), axis=0)
+    if decision.multi_label:
+        per_class = np.mean(decision.present(probabilities) == decision.present(reference), axis=0)
         entry["decision_agreement_per_class"] = [float(a) for a in per_class]
-        agreements["decision agreement at 0.5 (worst class)"] = float(per_class.min())
+        entry["decision_thresholds"] = list(decision.thresholds)
+        agreements["decision agreement at the fitted thresholds (worst class)"] = float(per_class.min())
     below = [f"{name} {value:.1%}" for name, value in agreements.items() if value < MIN_AGREEMENT]
     if below:
         verdict, reason = "unusable", f"{', '.join(below)} of {len(windows)} test windows < {MIN_AGREEMENT:.0%}"

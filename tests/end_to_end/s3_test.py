@@ -150,7 +150,7 @@ def test_train_export_sample_predict_and_serve_with_every_path_on_s3(s3_env, tmp
         [results[model]] = json.loads(done.stdout)
     saved_model, tflite = results.values()
     assert saved_model["file"] == record and saved_model["duration_s"] == pytest.approx(12)
-    assert saved_model["diagnosis"] == tflite["diagnosis"]
+    assert saved_model["decision"] == tflite["decision"]
 
     server = subprocess.Popen([sys.executable, "-m", "ecg_tfx.serve", f"--model_base_path={exports}/ecg", "--port=0",
                                "--grpc_port=-1"],

@@ -1,4 +1,4 @@
-"""The decision's rules on hand-made validation sets, and its assessment on test."""
+"""The decision's rules on hand-made validation sets, its assessment on test, and its fit on real PTB-XL records."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from ecg_tfx.evaluation import decision as decisions
+from ecg_tfx.evaluation import evaluate
+from ecg_tfx.evaluation.calibration import EPSILON
 from ecg_tfx.evaluation.decision import Decision
+from ecg_tfx.evaluation.metrics import aggregate_by_record
 
 
 def test_f1_optimal_threshold_by_hand():
@@ -68,3 +72,39 @@ def test_assess_reports_thresholded_rates_and_abstention():
     abstaining = Decision(decision.calibration, decision.thresholds, 0.65)
     assert decisions.assess(abstaining, ["a", "b"], targets, probabilities)["abstention"] == {
         "threshold": 0.65, "coverage": 0.5, "inconclusive": 2, "accuracy_answered": 1.0}
+
+
+def _nll(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """Mean binary negative log-likelihood over records and classes."""
+    p = np.clip(probabilities, EPSILON, 1 - EPSILON)
+    return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log1p(-p)))
+
+
+def test_fit_on_real_ptbxl_validation_records(ptbxl_lead_i):
+    """What training fits (`evaluate.fit_decision`) on fold 9 of the shared PTB-XL subset (62 records) with a
+    small real lead-I model: each part does what it is for on those records."""
+    model, spec, data_dir, manifest = (ptbxl_lead_i[key] for key in ("model", "spec", "data", "manifest"))
+    decision = evaluate.fit_decision(model, spec, str(data_dir), manifest)
+    predictions = evaluate.predict(model, spec, str(data_dir), manifest, "validation", 64)
+    _, probabilities, targets = aggregate_by_record(predictions.record_ids, predictions.probabilities,
+                                                    predictions.targets)
+    assert decision.multi_label and decision.fitted_on == {"split": "validation", "records": len(targets)} == {
+        "split": "validation", "records": 62}
+    calibrated = decision.calibration.apply(probabilities)
+    # Thresholds: one per class inside (0, 1), and F1 at them at least F1 at 0.5 for every class.
+    assert len(decision.thresholds) == len(spec.labels) and all(0 < t < 1 for t in decision.thresholds)
+    fitted_f1 = f1_score(targets, decision.present(calibrated), average=None, zero_division=0)
+    half_f1 = f1_score(targets, probabilities >= 0.5, average=None, zero_division=0)
+    assert np.all(fitted_f1 >= half_f1) and fitted_f1.mean() > half_f1.mean()
+    # Calibration does not worsen the validation NLL.
+    assert _nll(calibrated, targets) <= _nll(probabilities, targets)
+    # Abstention: the records kept reach the target accuracy, and keeping the next-most-confident record would not.
+    right = decisions.correct(decision.present(calibrated), targets)
+    kept = decision.confidence(calibrated) >= decision.abstain_below
+    _, coverage, accuracy = decisions.coverage_curve(decision.confidence(calibrated), right)
+    assert decision.target_accuracy == decisions.TARGET_ACCURACY
+    if decision.target_reached:
+        assert kept.any() and right[kept].mean() >= decision.target_accuracy
+        assert np.all(accuracy[coverage > kept.mean()] < decision.target_accuracy)
+    else:  # no coverage reaches the target: the most accurate one is kept and the decision says so
+        assert np.all(accuracy < decision.target_accuracy) and right[kept].mean() == accuracy.max()

@@ -25,6 +25,7 @@ from ecg_tfx.data import conversion, input_pipeline, transform
 from ecg_tfx.data.sources.ptb import PTBSource
 from ecg_tfx.dsp.preprocessing import preprocess
 from ecg_tfx.evaluation.decision import Decision
+from ecg_tfx.serving.decide import calibrate
 from ecg_tfx.serving.exporter import REPORT_FILE, export_run
 from ecg_tfx.serving.saved_model import SIGNATURES, WARMUP_FILE, warmup_signal
 from ecg_tfx.serving.tflite import TFLITE_DIR, TFLiteRunner, read_windows
@@ -221,20 +222,22 @@ def test_warmup_requests_replay_against_their_signatures(tiny_export, loaded):
     assert loaded.signatures[request.model_spec.signature_name](inputs=examples)["scores"].shape[0] == 1
 
 
-def test_tflite_models_agree_with_the_saved_model(tiny_export, spec):
+def test_tflite_models_agree_with_the_saved_model(tiny_export, spec, decision):
     report = json.loads((tiny_export["version"] / REPORT_FILE).read_text())
     assert report["agreement_windows"] == 4 and report["saved_model"]["latency_ms_batch1"] > 0
     float32 = report["tflite"]["float32"]  # the other variants' verdicts: tests/serving/tflite_test.py
     assert float32["usable"] and float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
-    # The float model, run here on a test window, reproduces the SavedModel's probabilities.
+    # The float model, run here on a test window and calibrated by the export's decision, reproduces the
+    # SavedModel's probabilities (the TFLite model outputs them uncalibrated).
     runner = TFLiteRunner((tiny_export["version"] / float32["file"]).read_bytes())
     windows, examples = read_windows(str(tiny_export["data"]), "test", spec, 1)
     serve_examples = tf.saved_model.load(str(tiny_export["version"])).signatures["serve_examples"]
     saved = serve_examples(examples=tf.constant(examples))
-    np.testing.assert_allclose(runner(windows), saved["probabilities"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(calibrate(runner(windows), decision.calibration).numpy(),
+                               saved["probabilities"].numpy(), atol=1e-4)
 
 
-def test_tflite_models_are_builtin_only_and_filter_by_fft(tiny_export, spec):
+def test_tflite_models_are_builtin_only_and_filter_by_fft(tiny_export, spec, decision):
     """Every exported TFLite model runs on the stock runtime (no Flex/custom op) and filters through RFFT2D."""
     report = json.loads((tiny_export["version"] / REPORT_FILE).read_text())
     written = [entry for entry in report["tflite"].values() if "file" in entry]  # a failed conversion writes none
@@ -242,11 +245,12 @@ def test_tflite_models_are_builtin_only_and_filter_by_fft(tiny_export, spec):
     for entry in written:
         ops = tflite_op_names((tiny_export["version"] / entry["file"]).read_bytes())
         assert "RFFT2D" in ops and not [op for op in ops if op.startswith("CUSTOM")], (entry["file"], ops)
-    # The float32 model equals the SavedModel on every test window (the report's windows).
+    # The float32 model, calibrated, equals the SavedModel on every test window (the report's windows).
     runner = TFLiteRunner((tiny_export["version"] / report["tflite"]["float32"]["file"]).read_bytes())
     windows, examples = read_windows(str(tiny_export["data"]), "test", spec, report["agreement_windows"])
     saved = tf.saved_model.load(str(tiny_export["version"])).signatures["serve_examples"]
-    np.testing.assert_allclose(np.concatenate([runner(window[None]) for window in windows]),
+    raw = np.concatenate([runner(window[None]) for window in windows])
+    np.testing.assert_allclose(calibrate(raw, decision.calibration).numpy(),
                                saved(examples=tf.constant(examples))["probabilities"].numpy(), rtol=0, atol=1e-5)
 
 

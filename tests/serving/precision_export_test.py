@@ -87,13 +87,14 @@ def test_every_policy_exports_float32_tflite_and_a_float32_saved_model(policy, p
         assert not computed & set(REDUCED), (kind, dtypes)
     float32 = report["tflite"]["float32"]
     assert float32["usable"] and float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
-    tflite = np.concatenate([TFLiteRunner((version / float32["file"]).read_bytes())(w[None]) for w in windows])
+    loaded = tf.saved_model.load(str(version))
+    decision = Decision.from_json(json.loads(loaded.metadata()["decision_json"].numpy()))
+    raw = np.concatenate([TFLiteRunner((version / float32["file"]).read_bytes())(w[None]) for w in windows])
+    tflite = calibrate(raw, decision.calibration).numpy()  # the TFLite model outputs uncalibrated probabilities
     np.testing.assert_allclose(tflite, served, atol=1e-4)
     np.testing.assert_array_equal(tflite.argmax(-1), served.argmax(-1))
     # The float32 export computes what the trained (mixed) model computes, up to its rounding.
     signal = schema.parse_examples(tf.constant(serialized), spec.window_samples, len(spec.leads))["signal"]
-    loaded = tf.saved_model.load(str(version))
-    decision = Decision.from_json(json.loads(loaded.metadata()["decision_json"].numpy()))
     mixed = calibrate(window_probabilities(trained, preprocess(signal, spec.preprocessing), spec), decision.calibration)
     np.testing.assert_allclose(served, mixed.numpy(), atol=TOLERANCE[policy])
 

@@ -1,5 +1,6 @@
 """TFLite variants: each reported with size, latencies and agreement and its file named by its verdict; the verdict
-rules (threshold, minimum window count, multi-label decisions, interpreter failures); predict's refusal."""
+rules (threshold, minimum window count, multi-label decisions at the fitted thresholds, the export's calibration,
+interpreter failures); predict's refusal."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from ecg_tfx.core.model_spec import ModelSpec
+from ecg_tfx.evaluation.calibration import Calibration
+from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving import predictors, tflite
 from ecg_tfx.serving.exporter import export_run
 from ecg_tfx.serving.tflite import REPORT_FILE, TFLITE_DIR, USABLE, evaluate_variant
@@ -18,11 +21,16 @@ from ecg_tfx.serving.tflite import REPORT_FILE, TFLITE_DIR, USABLE, evaluate_var
 
 @pytest.fixture(scope="module")
 def float32_case(tiny_export) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """The tiny export's float32 model, the 4 test windows and its own probabilities on them."""
+    """The tiny export's float32 model, the 4 test windows and its own (uncalibrated) probabilities on them."""
     content = (tiny_export["version"] / TFLITE_DIR / "model_float32.tflite").read_bytes()
     windows, _ = tflite.read_windows(str(tiny_export["data"]), "test", ModelSpec.load(str(tiny_export["run"])))
     runner = tflite.TFLiteRunner(content)
     return content, windows, np.concatenate([runner(window[None]) for window in windows])
+
+
+def _uncalibrated(probabilities: np.ndarray, multi_label: bool) -> Decision:
+    """The defaults: no calibration, argmax / 0.5."""
+    return Decision.default(probabilities.shape[1], multi_label)
 
 
 def test_every_variant_is_reported_and_its_file_named_by_its_verdict(tiny_export):
@@ -55,16 +63,16 @@ def test_agreement_below_the_threshold_is_unusable(float32_case):
     content, windows, probabilities = float32_case
     reference = probabilities.copy()
     reference[0] = np.roll(reference[0], 1)  # window 0's diagnosis changes: 3 of 4 agree
-    entry = evaluate_variant(content, windows, reference, multi_label=False, min_windows=1)
+    entry = evaluate_variant(content, windows, reference, _uncalibrated(reference, False), min_windows=1)
     assert entry["argmax_agreement"] == 0.75 and entry["verdict"] == "unusable" and not entry["usable"]
     assert "argmax agreement 75.0% of 4 test windows < 99%" in entry["reason"]
 
 
 def test_too_few_windows_is_not_measured_never_usable(float32_case):
     content, windows, probabilities = float32_case
-    enough = evaluate_variant(content, windows, probabilities, multi_label=False, min_windows=4)
+    enough = evaluate_variant(content, windows, probabilities, _uncalibrated(probabilities, False), min_windows=4)
     assert enough["verdict"] == USABLE and enough["usable"]
-    too_few = evaluate_variant(content, windows, probabilities, multi_label=False, min_windows=5)
+    too_few = evaluate_variant(content, windows, probabilities, _uncalibrated(probabilities, False), min_windows=5)
     assert too_few["verdict"] == "not measured" and not too_few["usable"]
     assert too_few["argmax_agreement"] == 1.0 and "only 4 test windows (< 5)" in too_few["reason"]
 
@@ -74,16 +82,46 @@ def test_multi_label_needs_each_class_decision_to_agree(float32_case):
     reference = probabilities.copy()
     flipped = int(probabilities[0].argmin())
     reference[0, flipped] = 1.0 - float(probabilities[0, flipped] >= 0.5)  # one decision of one window flips
-    single = evaluate_variant(content, windows, reference, multi_label=False, min_windows=1)
+    single = evaluate_variant(content, windows, reference, _uncalibrated(reference, False), min_windows=1)
     assert "decision_agreement_per_class" not in single
-    entry = evaluate_variant(content, windows, reference, multi_label=True, min_windows=1)
+    entry = evaluate_variant(content, windows, reference, _uncalibrated(reference, True), min_windows=1)
     assert entry["decision_agreement_per_class"][flipped] == 0.75 and entry["verdict"] == "unusable"
-    assert "decision agreement at 0.5 (worst class) 75.0%" in entry["reason"]
+    assert "decision agreement at the fitted thresholds (worst class) 75.0%" in entry["reason"]
+
+
+def test_multi_label_agreement_is_judged_at_the_fitted_thresholds_not_at_half(float32_case):
+    content, windows, probabilities = float32_case
+    c = int(probabilities[0].argmin())
+    p = float(probabilities[0, c])
+    assert p < 0.4
+    reference = probabilities.copy()
+    reference[0, c] = p + 0.02  # both below 0.5, but on either side of the class's fitted threshold p + 0.01
+    at_half = evaluate_variant(content, windows, reference, _uncalibrated(reference, True), min_windows=1)
+    assert at_half["verdict"] == USABLE and min(at_half["decision_agreement_per_class"]) == 1.0
+    thresholds = tuple(p + 0.01 if i == c else 0.5 for i in range(probabilities.shape[1]))
+    fitted = Decision(Calibration.identity(probabilities.shape[1], True), thresholds, 0.0)
+    entry = evaluate_variant(content, windows, reference, fitted, min_windows=1)
+    assert entry["decision_thresholds"] == pytest.approx(thresholds)
+    assert entry["decision_agreement_per_class"][c] == 0.75 and entry["verdict"] == "unusable"
+
+
+def test_the_variant_is_compared_after_the_exports_calibration(float32_case):
+    """The TFLite model outputs uncalibrated probabilities; the SavedModel's are calibrated: the report compares
+    them after applying the export's calibration, so a calibrated export's float32 model still agrees."""
+    content, windows, probabilities = float32_case
+    classes = probabilities.shape[1]
+    decision = Decision(Calibration(False, (3.0,) * classes, (0.0,) * classes), (), 0.0)
+    served = decision.calibration.apply(probabilities)
+    entry = evaluate_variant(content, windows, served, decision, min_windows=1)
+    assert entry["verdict"] == USABLE and entry["max_abs_prob_diff"] < 1e-4
+    uncalibrated = evaluate_variant(content, windows, served, _uncalibrated(served, False), min_windows=1)
+    assert uncalibrated["max_abs_prob_diff"] > 0.01
 
 
 def test_an_interpreter_failure_makes_the_variant_unusable_instead_of_failing_the_export(float32_case):
     content, windows, probabilities = float32_case
-    entry = evaluate_variant(content, windows[:, :100], probabilities, multi_label=False, min_windows=1)
+    entry = evaluate_variant(content, windows[:, :100], probabilities, _uncalibrated(probabilities, False),
+                             min_windows=1)
     assert entry["verdict"] == "unusable" and entry["reason"].startswith("the interpreter failed: ")
     assert "argmax_agreement" not in entry
 
