@@ -3,6 +3,8 @@
     python -m ecg_tfx.serve --model_base_path=workspace/exports/ecg [--model_name=ecg] [--port=8501]
                             [--grpc_port=8500] [--host=127.0.0.1] [--max_request_bytes=33554432]
                             [--max_concurrent_requests=32] [--read_timeout_s=30] [--version_labels=stable:1,canary:2]
+                            [--enable_batching=true] [--max_batch_size=32] [--batch_timeout_micros=2000]
+                            [--max_enqueued_batches=64] [--num_batch_threads=2]
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import threading
 from absl import app, flags
 
 from ecg_tfx.core import storage
+from ecg_tfx.serving.batching import Batcher, BatchingParameters
 from ecg_tfx.serving.grpc.server import GrpcServer
 from ecg_tfx.serving.limits import DEFAULT_MAX_REQUEST_BYTES, RequestSlots, ServerLimits
 from ecg_tfx.serving.rest.http import Server
 from ecg_tfx.serving.servables import Model, parse_version_labels
 
 _DEFAULTS = ServerLimits()
+_BATCHING = BatchingParameters()
 _MODEL_BASE_PATH = flags.DEFINE_string("model_base_path", None, "Folder holding integer version folders.",
                                        required=True)
 _MODEL_NAME = flags.DEFINE_string("model_name", "ecg", "Name the model is served under (/v1/models/<name>).")
@@ -38,9 +42,24 @@ _MAX_CONCURRENT_REQUESTS = flags.DEFINE_integer(
 _READ_TIMEOUT_S = flags.DEFINE_float("read_timeout_s", _DEFAULTS.read_timeout_s, "Seconds a REST client may take "
                                      "to send its request body; slower ones get 408.", lower_bound=0.001)
 _VERSION_LABELS = flags.DEFINE_string("version_labels", "", "Version labels, e.g. stable:1,canary:2.")
-_NUM_THREADS = flags.DEFINE_integer("num_threads", os.cpu_count() or 1, "Worker threads running model calls in "
-                                    "parallel (per protocol); more than the cores only adds queueing jitter.",
-                                    lower_bound=1)
+_NUM_THREADS = flags.DEFINE_integer("num_threads", os.cpu_count() or 1, "Without batching: worker threads running "
+                                    "model calls in parallel (per protocol); more than the cores only adds queueing "
+                                    "jitter. With batching every request in flight has a thread that waits for its "
+                                    "batch, and --num_batch_threads run the model.", lower_bound=1)
+_ENABLE_BATCHING = flags.DEFINE_boolean(
+    "enable_batching", True, "Merge concurrent requests of one kind (same signature, shapes and, for "
+    "serving_default, sample rate) into one model call, like TF Serving's --enable_batching; other requests run "
+    "alone. The settings below are serving/batching.config's.")
+_MAX_BATCH_SIZE = flags.DEFINE_integer("max_batch_size", _BATCHING.max_batch_size, "Rows (recordings or examples) "
+                                       "per merged model call; a request with more runs alone.", lower_bound=1)
+_BATCH_TIMEOUT_MICROS = flags.DEFINE_integer(
+    "batch_timeout_micros", _BATCHING.batch_timeout_micros, "Microseconds a batch waits for more requests after its "
+    "first one.", lower_bound=0)
+_MAX_ENQUEUED_BATCHES = flags.DEFINE_integer(
+    "max_enqueued_batches", _BATCHING.max_enqueued_batches, "Batches waiting per kind of request; a request that "
+    "needs one more is refused with 429 / RESOURCE_EXHAUSTED.", lower_bound=1)
+_NUM_BATCH_THREADS = flags.DEFINE_integer("num_batch_threads", _BATCHING.num_batch_threads,
+                                          "Batches run at once.", lower_bound=1)
 
 
 def main(argv: list[str]) -> None:
@@ -50,13 +69,18 @@ def main(argv: list[str]) -> None:
         labels = parse_version_labels(_VERSION_LABELS.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    model = Model.load(_MODEL_NAME.value, _MODEL_BASE_PATH.value, labels)
+    batcher = None
+    if _ENABLE_BATCHING.value:
+        batcher = Batcher(BatchingParameters(_MAX_BATCH_SIZE.value, _BATCH_TIMEOUT_MICROS.value,
+                                             _MAX_ENQUEUED_BATCHES.value, _NUM_BATCH_THREADS.value))
+    model = Model.load(_MODEL_NAME.value, _MODEL_BASE_PATH.value, labels, batcher)
     models = {model.name: model}
     limits = ServerLimits(_MAX_REQUEST_BYTES.value, _MAX_CONCURRENT_REQUESTS.value, _READ_TIMEOUT_S.value)
     slots = RequestSlots(limits.max_concurrent_requests)  # one cap for both protocols: they share the model
-    servers = [Server(models, _HOST.value, _PORT.value, limits, _NUM_THREADS.value, slots)]
+    threads = limits.max_concurrent_requests if batcher else _NUM_THREADS.value  # batched requests mostly wait
+    servers = [Server(models, _HOST.value, _PORT.value, limits, threads, slots)]
     if _GRPC_PORT.value >= 0:
-        servers.append(GrpcServer(models, _HOST.value, _GRPC_PORT.value, limits, _NUM_THREADS.value, slots))
+        servers.append(GrpcServer(models, _HOST.value, _GRPC_PORT.value, limits, threads, slots))
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -68,6 +92,8 @@ def main(argv: list[str]) -> None:
     stop.wait()
     for server in servers:
         server.stop()
+    if batcher is not None:
+        batcher.close()
 
 
 if __name__ == "__main__":

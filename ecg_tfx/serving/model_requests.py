@@ -3,8 +3,9 @@ run a signature, classify, and the status answer. Errors are ServingErrors worde
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,8 +54,48 @@ def _op_error_message(error: tf.errors.OpError) -> str:
     return re.sub(r"\s*\[Op:__inference_\w+\]$", "", message).strip()
 
 
+def _call(function: Any, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One model call; TensorFlow errors become ServingErrors with TF Serving's status codes."""
+    try:
+        outputs = function(**{name: tf.constant(array) for name, array in tensors.items()})
+    except tf.errors.OpError as error:
+        raise from_code(CODES[error.error_code], _op_error_message(error)) from None
+    except (TypeError, ValueError) as error:  # arguments the signature's binding refuses
+        raise invalid_argument(str(error)) from None
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def batch_plan(servable: Servable, function: Any, signature: str,
+               tensors: Mapping[str, np.ndarray]) -> tuple[Hashable, int] | None:
+    """The queue key and the most rows of a merged call for a request that may be batched, else None.
+
+    A request batches with others of the same servable, signature, dtypes and shapes but the first (rows) when every
+    input of the signature takes rows first and it sends the same number of rows in each. `serving_default`
+    requests of our exports also share their one sample rate (one per call), and a merged call holds at most the
+    input contract's seconds of ECG per call.
+    """
+    specs = function.structured_input_signature[1]
+    row_counts = {array.shape[0] if array.ndim else None for array in tensors.values()}
+    if len(row_counts) != 1 or None in row_counts or 0 in row_counts or any(specs[name].shape.rank in (None, 0)
+                                                         or specs[name].shape[0] is not None for name in tensors):
+        return None
+    key = [servable.path, signature, *sorted((name, array.dtype.str, array.shape[1:])
+                                             for name, array in tensors.items())]
+    max_rows = servable.batcher.parameters.max_batch_size
+    contract = servable.contract
+    if signature == DEFAULT_SIGNATURE and contract is not None and {"ecg", "sample_rate"} == set(tensors):
+        rates = np.unique(tensors["sample_rate"])
+        if len(rates) != 1 or not rates[0] > 0:
+            return None  # the model's own checks answer it, alone
+        key.append(float(rates[0]))
+        seconds = tensors["ecg"].shape[1] / float(rates[0])
+        max_rows = min(max_rows, int(contract.max_request_seconds // seconds) if seconds > 0 else 0)
+    return tuple(key), max_rows
+
+
 def run_signature(servable: Servable, signature: str, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Calls a signature; TensorFlow errors become ServingErrors with TF Serving's status codes."""
+    """Calls a signature, merged with concurrent requests of its kind when the servable has a batcher; TensorFlow
+    errors become ServingErrors with TF Serving's status codes."""
     function = servable.functions.get(signature)
     if function is None:
         raise invalid_argument(f'Serving signature name: "{signature}" not found in signature def')
@@ -65,13 +106,11 @@ def run_signature(servable: Servable, signature: str, tensors: Mapping[str, np.n
             f" != len({{{','.join(sorted(expected))}}}). Sent extra: {{{','.join(sorted(set(tensors) - expected))}}}. "
             f"Missing but required: {{{','.join(sorted(expected - set(tensors)))}}}.")
     _check_inputs(tensors, function, signature)
-    try:
-        outputs = function(**{name: tf.constant(array) for name, array in tensors.items()})
-    except tf.errors.OpError as error:
-        raise from_code(CODES[error.error_code], _op_error_message(error)) from None
-    except (TypeError, ValueError) as error:  # arguments the signature's binding refuses
-        raise invalid_argument(str(error)) from None
-    return {name: value.numpy() for name, value in outputs.items()}
+    call = functools.partial(_call, function)
+    plan = batch_plan(servable, function, signature, tensors) if servable.batcher is not None else None
+    if plan is None:
+        return call(tensors)
+    return servable.batcher.run(*plan, tensors, call)
 
 
 def classify(servable: Servable, signature: str, examples: Sequence[bytes]) -> tuple[list[list[str]], np.ndarray]:

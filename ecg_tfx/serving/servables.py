@@ -1,4 +1,5 @@
-"""Loaded SavedModels as TF Serving holds them: every integer version of a model, its SignatureDefs and labels."""
+"""Loaded SavedModels as TF Serving holds them: every integer version of a model, its SignatureDefs and labels,
+and the batcher their model calls go through (None: each request is its own call)."""
 
 from __future__ import annotations
 
@@ -12,21 +13,26 @@ from absl import logging
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from ecg_tfx.core import storage
+from ecg_tfx.serving.batching import Batcher
+from ecg_tfx.serving.contract import InputContract
 from ecg_tfx.serving.errors import invalid_argument, not_found
 from ecg_tfx.serving.versions import list_versions
 
 
 @dataclasses.dataclass(frozen=True)
 class Servable:
-    """One loaded version: its SignatureDefs (as saved) and the callable signatures."""
+    """One loaded version: its SignatureDefs (as saved), the callable signatures, the input contract of our
+    exports (None for other SavedModels) and the batcher shared by all loaded versions (None: no batching)."""
 
     version: int
     path: str
     signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
     functions: Mapping[str, Any]  # signature name -> ConcreteFunction taking keyword tensors
+    contract: InputContract | None = None
+    batcher: Batcher | None = None
 
     @classmethod
-    def load(cls, path: str, version: int) -> Servable:
+    def load(cls, path: str, version: int, batcher: Batcher | None = None) -> Servable:
         saved_model = saved_model_pb2.SavedModel()
         with tf.io.gfile.GFile(tf.io.gfile.join(path, "saved_model.pb"), "rb") as f:
             saved_model.ParseFromString(f.read())
@@ -34,7 +40,11 @@ class Servable:
         if meta_graph is None:
             raise ValueError(f"{path} has no MetaGraph tagged 'serve'")
         loaded = tf.saved_model.load(path, tags=["serve"])
-        return cls(version, path, dict(meta_graph.signature_def), dict(loaded.signatures))
+        metadata = loaded.metadata() if callable(getattr(loaded, "metadata", None)) else {}  # our exports' only
+        contract = None
+        if "input_contract_json" in metadata:
+            contract = InputContract.loads(metadata["input_contract_json"].numpy().decode())
+        return cls(version, path, dict(meta_graph.signature_def), dict(loaded.signatures), contract, batcher)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +56,10 @@ class Model:
     labels: Mapping[str, int]
 
     @classmethod
-    def load(cls, name: str, base_path: str, labels: Mapping[str, int] | None = None) -> Model:
-        """Loads every integer version folder under `base_path`; labels must name loaded versions."""
+    def load(cls, name: str, base_path: str, labels: Mapping[str, int] | None = None,
+             batcher: Batcher | None = None) -> Model:
+        """Loads every integer version folder under `base_path`, whose model calls go through `batcher`; labels
+        must name loaded versions."""
         storage.enable_filesystem(base_path)
         if not tf.io.gfile.isdir(base_path):
             raise FileNotFoundError(f"model base path {base_path} does not exist")
@@ -56,7 +68,7 @@ class Model:
             raise FileNotFoundError(f"{base_path} holds no integer version folders")
         servables = {}
         for version in versions:
-            servables[version] = Servable.load(tf.io.gfile.join(base_path, str(version)), version)
+            servables[version] = Servable.load(tf.io.gfile.join(base_path, str(version)), version, batcher)
             logging.info("loaded %s version %d", name, version)
         labels = dict(labels or {})
         for label, version in labels.items():

@@ -2,7 +2,8 @@
 
 aiohttp is a maintained, production-grade asyncio server whose event loop keeps accepting connections while model
 calls run on worker threads, with a built-in request body limit. A request takes one of the `RequestSlots` before
-its body is read (429 when none is free) and must send its body within the read timeout (408).
+its body is read (429 when none is free) and must send its body within the read timeout (408). With batching,
+`GET /monitoring/prometheus/metrics` (TF Serving's monitoring path) gives the batcher's counters.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ecg_tfx.serving.limits import RequestSlots, ServerLimits
 from ecg_tfx.serving.rest.api import RestApi
 from ecg_tfx.serving.servables import Model
 
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
 
 def _json_response(status: int, payload: dict) -> web.Response:
     return web.Response(status=status, body=json.dumps(payload, allow_nan=True).encode(),
@@ -32,11 +35,16 @@ def make_app(models: Mapping[str, Model], limits: ServerLimits, slots: RequestSl
              num_threads: int = 4) -> web.Application:
     """The aiohttp application: each request holds one of `slots` while its body is read and it runs."""
     api = RestApi(models)
+    batchers = list({id(servable.batcher): servable.batcher for model in models.values()
+                     for servable in model.servables.values() if servable.batcher is not None}.values())
     pool = concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix="rest")
     application = web.Application(client_max_size=limits.max_request_bytes)
 
     async def handle(request: web.Request) -> web.Response:
         path = request.rel_url.raw_path
+        if path == METRICS_PATH and request.method == "GET":
+            return web.Response(text="".join(batcher.prometheus_text() for batcher in batchers),
+                                content_type="text/plain")
         if not re.match(r"/v1/", path, re.I):
             return _json_response(404, {"error": f"Not found: {path}; the REST API lives under /v1/models"})
         if not slots.try_acquire():
