@@ -12,8 +12,8 @@ and `json_tensor.cc`, so the same requests work against the `tensorflow/serving`
 
 Deliberate differences: non-finite float inputs (NaN, Infinity) are parsed as TF Serving parses them but then
 refused with 400, since no ECG holds them; bodies over `--max_request_bytes` get 413; paths outside /v1/ get a JSON
-404; long JSON values quoted in error messages are shortened. Requests run in parallel on a thread pool (one
-model call per request; TF Serving's --enable_batching merges them instead).
+404; long JSON values quoted in error messages are shortened. Requests run in parallel on a thread pool; model
+calls go through the servable's batcher when it has one (`serving.batching`, like TF Serving's --enable_batching).
 """
 
 from __future__ import annotations
