@@ -106,7 +106,7 @@ def test_batching_config_holds_the_servers_defaults():
 def test_concurrent_requests_share_batches_and_each_gets_its_own_rows(servable, spec):
     """18 rows in requests of 1-4 rows over REST and gRPC, three signatures; batches of at most 4 rows."""
     examples = windows(spec, 10, seed=5)
-    ecg = recordings(spec, 4, seed=6)
+    ecg = recordings(spec, 4, seed=6, seconds=5.0)
     parts = [examples[0:1], examples[1:3], examples[3:6], examples[6:7], examples[7:10]]
     with batching_servers(servable, BatchingParameters(4, 1_000_000, 64, 2)) as (rest_server, stub, _):
         rest = client.RestClient(rest_server.url, "ecg")
