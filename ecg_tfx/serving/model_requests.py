@@ -75,9 +75,9 @@ def batch_plan(servable: Servable, function: Any, signature: str,
     input contract's seconds of ECG per call.
     """
     specs = function.structured_input_signature[1]
-    row_counts = {array.shape[0] if array.ndim else None for array in tensors.values()}
-    if len(row_counts) != 1 or None in row_counts or 0 in row_counts or any(specs[name].shape.rank in (None, 0)
-                                                         or specs[name].shape[0] is not None for name in tensors):
+    row_counts = {array.shape[0] if array.ndim else 0 for array in tensors.values()}
+    rows_first = all(specs[name].shape.rank and specs[name].shape[0] is None for name in tensors)
+    if len(row_counts) != 1 or 0 in row_counts or not rows_first:
         return None
     key = [servable.path, signature, *sorted((name, array.dtype.str, array.shape[1:])
                                              for name, array in tensors.items())]
