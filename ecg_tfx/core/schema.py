@@ -3,16 +3,22 @@
 Each example is one window of one record: the signal as raw little-endian float32 bytes in
 millivolts with its shape [time, leads], the lead names, the sample rate, the labels (ids into the
 run's vocabulary and their names), and where the window came from.
+
+Examples are built and decoded with the protobuf package alone (`example_proto`); TensorFlow is imported only by the
+parsing functions, so a conversion worker never loads it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
-from ecg_tfx.core import compat
+from ecg_tfx.core import compat, example_proto
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 SCHEMA_VERSION = 1
 
@@ -43,12 +49,12 @@ def shard_name(split: str, index: int, count: int, compression: str) -> str:
     return f"{split}-{index:05d}-of-{count:05d}{shard_suffix(compression)}"
 
 
-def _bytes(values: Sequence[bytes]) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+def _bytes(values: Sequence[bytes]) -> example_proto.Feature:
+    return example_proto.Feature(bytes_list=example_proto.BytesList(value=list(values)))
 
 
-def _ints(values: Sequence[int]) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+def _ints(values: Sequence[int]) -> example_proto.Feature:
+    return example_proto.Feature(int64_list=example_proto.Int64List(value=list(values)))
 
 
 def make_example(
@@ -61,24 +67,27 @@ def make_example(
     patient_id: str,
     window_index: int,
 ) -> bytes:
-    """Serializes one window ([time, leads] float32 millivolts) as a tf.train.Example."""
+    """Serializes one window ([time, leads] float32 millivolts) as a tf.train.Example (the bytes TensorFlow's
+    `tf.train.Example(...).SerializeToString(deterministic=True)` gives)."""
     signal = np.ascontiguousarray(signal, dtype="<f4")
     features = {
         SIGNAL: _bytes([signal.tobytes()]),
         SHAPE: _ints(signal.shape),
         LEADS: _bytes([lead.encode() for lead in leads]),
-        SAMPLE_RATE: tf.train.Feature(float_list=tf.train.FloatList(value=[sample_rate_hz])),
+        SAMPLE_RATE: example_proto.Feature(float_list=example_proto.FloatList(value=[sample_rate_hz])),
         LABEL_IDS: _ints(label_ids),
         LABEL_NAMES: _bytes([name.encode() for name in label_names]),
         RECORD_ID: _bytes([record_id.encode()]),
         PATIENT_ID: _bytes([patient_id.encode()]),
         WINDOW_INDEX: _ints([window_index]),
     }
-    return compat.serialize(tf.train.Example(features=tf.train.Features(feature=features)))
+    return compat.serialize(example_proto.Example(features=example_proto.Features(feature=features)))
 
 
 def feature_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature]:
     """The parsing spec for `tf.io.parse_example`; labels are variable length (multi-label)."""
+    import tensorflow as tf
+
     return {
         SIGNAL: tf.io.FixedLenFeature([], tf.string),
         SHAPE: tf.io.FixedLenFeature([2], tf.int64),
@@ -98,6 +107,8 @@ def parse_examples(serialized: tf.Tensor, window_samples: int, num_leads: int) -
     Returns `signal` float32 [batch, window_samples, num_leads], `label_ids` as a RaggedTensor,
     and `record_id`, `patient_id`, `window_index`.
     """
+    import tensorflow as tf
+
     parsed = tf.io.parse_example(serialized, feature_spec())
     signal = tf.io.decode_raw(parsed[SIGNAL], tf.float32, little_endian=True)
     signal = tf.reshape(signal, [-1, window_samples, num_leads])
@@ -112,7 +123,7 @@ def parse_examples(serialized: tf.Tensor, window_samples: int, num_leads: int) -
 
 def decode_example(serialized: bytes) -> dict:
     """Decodes one serialized example into numpy/python values (for tests, tools and audits)."""
-    feature = tf.train.Example.FromString(serialized).features.feature
+    feature = example_proto.Example.FromString(serialized).features.feature
     shape = tuple(feature[SHAPE].int64_list.value)
     return {
         "signal": np.frombuffer(feature[SIGNAL].bytes_list.value[0], dtype="<f4").reshape(shape),

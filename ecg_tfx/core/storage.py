@@ -1,6 +1,7 @@
 """File I/O through `tf.io.gfile`, so local paths, gs:// and (with tensorflow-io) s3:// all work.
 
-Every output appears whole or not at all: it is written under a temporary name, then renamed.
+Every output appears whole or not at all: it is written under a temporary name, then renamed. TensorFlow is imported
+on first use; what a conversion worker does on a local folder (TFRecords, JSON, renames, hashes) needs none of it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,23 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
-import tensorflow as tf
-
-from ecg_tfx.core import schema
+from ecg_tfx.core import tfrecord
 
 _FILESYSTEM_MODULES = {"s3": "tensorflow_io", "hdfs": "tensorflow_io", "az": "tensorflow_io"}
 _plugin_filesystems_used = False
+
+
+def _tf() -> ModuleType:
+    import tensorflow as tf
+
+    return tf
+
+
+def is_url(path: str) -> bool:
+    """Whether `path` names a remote filesystem (gs://, s3://, ...) rather than a local file."""
+    return "://" in path
 
 
 def enable_filesystem(path: str) -> None:
@@ -33,11 +44,11 @@ def enable_filesystem(path: str) -> None:
     try:
         tfio = __import__(module)
         tfio.experimental  # noqa: B018 - touching the module loads its filesystem plugins
-        tf.io.gfile.exists(path)
+        _tf().io.gfile.exists(path)
     except Exception as error:  # the native library fails to load on TF releases it was not built for
         raise RuntimeError(
             f"{scheme}:// paths need tensorflow-io's filesystems, which did not load with TensorFlow "
-            f"{tf.__version__} ({type(error).__name__}: {error}). Use the pinned versions in pyproject.toml "
+            f"{_tf().__version__} ({type(error).__name__}: {error}). Use the pinned versions in pyproject.toml "
             "(tensorflow-io 0.37.1 loads with TensorFlow 2.16-2.17 only)."
         ) from error
 
@@ -83,7 +94,26 @@ def temporary_name(path: str) -> str:
 
 def publish(tmp_path: str, path: str) -> None:
     """Moves a finished temporary file into place (replacing any older copy)."""
-    tf.io.gfile.rename(tmp_path, path, overwrite=True)
+    if is_url(path):
+        _tf().io.gfile.rename(tmp_path, path, overwrite=True)
+    else:
+        os.replace(tmp_path, path)
+
+
+def exists(path: str) -> bool:
+    return _tf().io.gfile.exists(path) if is_url(path) else os.path.exists(path)
+
+
+@contextmanager
+def _open_write(path: str) -> Iterator:
+    """A binary file open for writing: local with the standard library, a URL with gfile (and its plugins)."""
+    if is_url(path):
+        enable_filesystem(path)
+        with _tf().io.gfile.GFile(path, "wb") as f:
+            yield f
+    else:
+        with open(path, "wb") as f:
+            yield f
 
 
 def publish_dir(tmp_dir: str, path: str, last: str = "saved_model.pb") -> None:
@@ -94,14 +124,14 @@ def publish_dir(tmp_dir: str, path: str, last: str = "saved_model.pb") -> None:
     everything it refers to is there.
     """
     if "://" not in path:
-        tf.io.gfile.rename(tmp_dir, path)
+        _tf().io.gfile.rename(tmp_dir, path)
         return
     files = [os.path.relpath(join(root, name), tmp_dir)
-             for root, _, names in tf.io.gfile.walk(tmp_dir) for name in names]
+             for root, _, names in _tf().io.gfile.walk(tmp_dir) for name in names]
     for relative in sorted(files, key=lambda name: name == last):
-        tf.io.gfile.makedirs(os.path.dirname(join(path, relative)))
-        tf.io.gfile.copy(join(tmp_dir, relative), join(path, relative), overwrite=True)
-    tf.io.gfile.rmtree(tmp_dir)
+        _tf().io.gfile.makedirs(os.path.dirname(join(path, relative)))
+        _tf().io.gfile.copy(join(tmp_dir, relative), join(path, relative), overwrite=True)
+    _tf().io.gfile.rmtree(tmp_dir)
 
 
 @contextmanager
@@ -113,7 +143,7 @@ def local_copy(path: str, with_siblings: bool = False) -> Iterator[str]:
     and .xyz). FileNotFoundError if `path` does not exist.
     """
     enable_filesystem(path)
-    if not tf.io.gfile.exists(path):
+    if not _tf().io.gfile.exists(path):
         raise FileNotFoundError(f"{path} does not exist")
     if "://" not in path:
         yield path
@@ -121,8 +151,8 @@ def local_copy(path: str, with_siblings: bool = False) -> Iterator[str]:
     folder, name = path.rsplit("/", 1)
     pattern = join(folder, os.path.splitext(name)[0] + ".*") if with_siblings else path
     with tempfile.TemporaryDirectory(prefix="ecg_tfx-") as scratch:
-        for source in tf.io.gfile.glob(pattern):
-            tf.io.gfile.copy(source, os.path.join(scratch, source.rsplit("/", 1)[1]))
+        for source in _tf().io.gfile.glob(pattern):
+            _tf().io.gfile.copy(source, os.path.join(scratch, source.rsplit("/", 1)[1]))
         yield os.path.join(scratch, name)
 
 
@@ -140,15 +170,15 @@ def local_output(path: str) -> Iterator[str]:
     folder, name = path.rsplit("/", 1)
     with tempfile.TemporaryDirectory(prefix="ecg_tfx-") as scratch:
         yield os.path.join(scratch, name)
-        tf.io.gfile.makedirs(folder)
+        _tf().io.gfile.makedirs(folder)
         for written in sorted(os.listdir(scratch)):
-            tf.io.gfile.copy(os.path.join(scratch, written), join(folder, written), overwrite=True)
+            _tf().io.gfile.copy(os.path.join(scratch, written), join(folder, written), overwrite=True)
 
 
 def write_bytes(path: str, data: bytes) -> None:
     """Writes a whole file atomically."""
     tmp = temporary_name(path)
-    with tf.io.gfile.GFile(tmp, "wb") as f:
+    with _open_write(tmp) as f:
         f.write(data)
     publish(tmp, path)
 
@@ -159,28 +189,30 @@ def write_json(path: str, value: object) -> None:
 
 
 def read_json(path: str) -> dict:
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with _tf().io.gfile.GFile(path, "rb") as f:
         return json.loads(f.read())
 
 
 @contextmanager
-def tfrecord_writer(path: str, compression: str) -> Iterator[tf.io.TFRecordWriter]:
-    """Yields a TFRecordWriter on a temporary name; publishes the file only if the block succeeds."""
+def tfrecord_writer(path: str, compression: str) -> Iterator[tfrecord.TFRecordFile]:
+    """Yields a TFRecord writer (`tfrecord`: the bytes TensorFlow writes) on a temporary name; publishes the file
+    only if the block succeeds."""
     tmp = temporary_name(path)
-    options = tf.io.TFRecordOptions(compression_type=schema.tfrecord_compression(compression))
     try:
-        with tf.io.TFRecordWriter(tmp, options) as writer:
+        with _open_write(tmp) as f:
+            writer = tfrecord.TFRecordFile(f, compression)
             yield writer
+            writer.close()
     except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.remove(tmp)
+        if exists(tmp):
+            (_tf().io.gfile.remove if is_url(tmp) else os.remove)(tmp)
         raise
     publish(tmp, path)
 
 
 def sha256(path: str, chunk_bytes: int = 1 << 22) -> str:
     digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with (_tf().io.gfile.GFile(path, "rb") if is_url(path) else open(path, "rb")) as f:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
