@@ -48,6 +48,9 @@ class RecordRef:
     duration_s: float
     path: str = ""  # where the source reads it from ('' for generated records)
     fold: int | None = None  # a source-defined split fold (PTB-XL strat_fold), if any
+    # The source's parsed header when listing read it (a wfdb.Record for PTB): loading reuses it, so each header is
+    # parsed once (wfdb's parser costs about as much as reading the samples). Not part of the ref's identity.
+    header: object = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,3 +88,6 @@ class RecordError(ValueError):
         self.path = path
         self.reason = reason
         self.stage = stage
+
+    def __reduce__(self):  # crosses process boundaries (listing in conversion workers) with all three fields
+        return RecordError, (self.path, self.reason, self.stage)

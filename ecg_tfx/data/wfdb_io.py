@@ -6,12 +6,14 @@ raises "cannot reshape array ...") into a RecordError with a clear reason, and c
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Sequence
 
 import numpy as np
 import wfdb
+import wfdb.io._signal
 
 from ecg_tfx.core.records import Record, RecordError, RecordRef, canonical_lead
 
@@ -96,14 +98,32 @@ def _mv_factors(header: wfdb.Record, path: str, channels: Sequence[int]) -> np.n
     return np.asarray(factors, dtype=np.float64)
 
 
+def _rdrecord(header: wfdb.Record, path: str, channels: list[int]) -> np.ndarray:
+    """`wfdb.rdrecord(path, channels=channels).p_signal` from the already parsed `header`.
+
+    rdrecord would parse the header again, which costs about as much as reading the samples (wfdb's header parser).
+    This is rdrecord's single-segment path with wfdb's own steps (private in wfdb 4: `_rd_segment`,
+    `_arrange_fields`); a test compares it with rdrecord on real records.
+    """
+    record = copy.copy(header)  # rdrecord's steps replace (never mutate) the header's fields
+    record.check_read_inputs(0, record.sig_len, channels, True, True, 64)
+    record.e_d_signal = wfdb.io._signal._rd_segment(
+        file_name=record.file_name, dir_name=os.path.abspath(os.path.dirname(path)), pn_dir=None, fmt=record.fmt,
+        n_sig=record.n_sig, sig_len=record.sig_len, byte_offset=record.byte_offset,
+        samps_per_frame=record.samps_per_frame, skew=record.skew, init_value=record.init_value, sampfrom=0,
+        sampto=record.sig_len, channels=channels, ignore_skew=False, no_file=False, sig_data=None, return_res=64)
+    record._arrange_fields(channels=channels, sampfrom=0, smooth_frames=True)
+    record.dac(expanded=False, return_res=64, inplace=True)
+    return record.p_signal
+
+
 def _read_signal(header: wfdb.Record, path: str, channels: Sequence[int]) -> np.ndarray:
     """Reads the physical samples of `channels` with wfdb, after checking that the data files can hold them."""
     _check_file_sizes(header, path, channels)
     try:
-        record = wfdb.rdrecord(path, channels=list(channels))
+        signal = _rdrecord(header, path, list(channels))
     except (ValueError, OSError) as err:
         raise RecordError(path, f"wfdb could not read the samples: {err}") from None
-    signal = record.p_signal
     if signal is None or signal.shape != (header.sig_len, len(channels)):
         shape = None if signal is None else signal.shape
         raise RecordError(path, f"read samples of shape {shape}, header declares ({header.sig_len}, {len(channels)})")
@@ -120,38 +140,17 @@ def _in_mv(signal: np.ndarray, header: wfdb.Record, path: str, channels: Sequenc
     return (signal * _mv_factors(header, path, channels)).astype(np.float32)
 
 
-def _read_whole(ref: RecordRef) -> tuple[wfdb.Record, np.ndarray] | None:
-    """One `wfdb.rdrecord` of every signal (one header parse): the common case of an intact record.
-
-    None when anything is off (a missing or truncated file, other leads than listed ...): the caller then
-    re-reads step by step to keep the optional leads or to say exactly what is broken.
-    """
-    try:
-        record = wfdb.rdrecord(ref.path)
-    except Exception:  # any failure is diagnosed by the step-by-step read
-        return None
-    signal = record.p_signal if isinstance(record, wfdb.Record) else None
-    if (signal is None or not record.sig_len or not record.fs or signal.shape != (record.sig_len, record.n_sig)
-            or tuple(canonical_lead(name) for name in record.sig_name) != ref.leads):
-        return None
-    return record, signal
-
-
 def read_wfdb_record(ref: RecordRef, optional_suffixes: Sequence[str] = ()) -> Record:
     """Loads `ref.path` with wfdb: the leads whose data files exist, in mV; RecordError on any broken part.
 
-    The header's canonical lead names must equal `ref.leads`, since shard planning trusted the listing.
+    The header is parsed here unless the listing parsed it already (`ref.header`), so once per record either way.
+    Its canonical lead names must equal `ref.leads`, since shard planning trusted the listing.
     """
-    whole = _read_whole(ref)
-    if whole:
-        header, signal = whole
-        channels = list(range(header.n_sig))
-    else:
-        header = read_header(ref.path)
-        channels = available_channels(header, ref.path, optional_suffixes)
-        leads = tuple(canonical_lead(header.sig_name[i]) for i in channels)
-        if leads != ref.leads:
-            raise RecordError(ref.path, f"header leads {leads} differ from the listed leads {ref.leads}")
-        signal = _read_signal(header, ref.path, channels)
+    header = ref.header if ref.header is not None else read_header(ref.path)
+    channels = available_channels(header, ref.path, optional_suffixes)
+    leads = tuple(canonical_lead(header.sig_name[i]) for i in channels)
+    if leads != ref.leads:
+        raise RecordError(ref.path, f"header leads {leads} differ from the listed leads {ref.leads}")
+    signal = _read_signal(header, ref.path, channels)
     return Record(ref=ref, signal=_in_mv(signal, header, ref.path, channels), leads=ref.leads,
                   sample_rate_hz=float(header.fs))

@@ -79,7 +79,7 @@ def _read_wfdb(path: str, sample_rate: float | None) -> Recording:
         channels = available_channels(header, record_path, optional_suffixes=(".xyz",))
         leads = tuple(canonical_lead(header.sig_name[i]) for i in channels)
         ref = RecordRef(record_id=record_path, patient_id="", labels=(), leads=leads, sample_rate_hz=header.fs,
-                        duration_s=header.sig_len / header.fs, path=record_path)
+                        duration_s=header.sig_len / header.fs, path=record_path, header=header)
         record = read_wfdb_record(ref, optional_suffixes=(".xyz",))
     except RecordError as error:
         raise InputError(str(error)) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ecg_tfx.core.records import Record, RecordError, RecordRef, canonical_lead
 from ecg_tfx.data.sources import SourceError
@@ -37,15 +37,20 @@ class PTBSource:
     def __init__(self, root: str):
         self.root = root
 
-    def refs(self) -> tuple[list[RecordRef], list[RecordError]]:
-        """Lists every record in RECORDS from its header alone; broken headers go to the failures list."""
+    def refs(self, map_records: Callable = map) -> tuple[list[RecordRef], list[RecordError]]:
+        """Lists every record in RECORDS from its header alone, parsing the headers with `map_records` (the builtin
+        map, or a process pool's imap); broken headers go to the failures list."""
         refs, failures = [], []
-        for line in self._record_lines():
-            try:
-                refs.append(self._ref(line))
-            except RecordError as err:
-                failures.append(err)
+        for listed in map_records(self.ref_or_error, self._record_lines()):
+            (failures if isinstance(listed, RecordError) else refs).append(listed)
         return sorted(refs, key=lambda ref: ref.record_id), failures
+
+    def ref_or_error(self, line: str) -> RecordRef | RecordError:
+        """The ref of one RECORDS line, or the RecordError that says why its header is unusable."""
+        try:
+            return self._ref(line)
+        except RecordError as err:
+            return err
 
     def load(self, ref: RecordRef) -> Record:
         """Reads the available leads of one record (12 standard, plus Frank leads when `.xyz` exists)."""
@@ -81,4 +86,5 @@ class PTBSource:
             sample_rate_hz=float(header.fs),
             duration_s=header.sig_len / header.fs,
             path=path,
+            header=header,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import csv
 import os
+from collections.abc import Callable
 
 from ecg_tfx.core.records import STANDARD12, Record, RecordError, RecordRef
 from ecg_tfx.data.sources import SourceError
@@ -71,8 +72,9 @@ class PTBXLSource:
         self.root = root
         self.resolution = resolution
 
-    def refs(self) -> tuple[list[RecordRef], list[RecordError]]:
-        """Lists every CSV row; a malformed row goes to the failures list, the rest go on."""
+    def refs(self, map_records: Callable = map) -> tuple[list[RecordRef], list[RecordError]]:
+        """Lists every CSV row; a malformed row goes to the failures list, the rest go on. The CSV is read in this
+        process, so `map_records` is not used."""
         if not os.path.isdir(self.root):
             raise SourceError(f"PTB-XL root {self.root!r} is not a directory")
         superclass = diagnostic_superclasses(os.path.join(self.root, STATEMENTS_CSV))

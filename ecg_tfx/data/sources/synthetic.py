@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Callable
 
 import numpy as np
 from scipy import signal as sps
@@ -430,8 +431,9 @@ class SyntheticSource:
             duration_s=self.duration_s,
         )
 
-    def refs(self) -> tuple[list[RecordRef], list[RecordError]]:
-        """Every record, sorted by record_id; generated records never fail, so the error list is empty."""
+    def refs(self, map_records: Callable = map) -> tuple[list[RecordRef], list[RecordError]]:
+        """Every record, sorted by record_id; generated records never fail, so the error list is empty (and
+        listing reads nothing, so `map_records` is not used)."""
         refs = [self._ref(p, r) for p in range(self.num_patients) for r in range(self.records_per_patient)]
         return sorted(refs, key=lambda ref: ref.record_id), []
 
