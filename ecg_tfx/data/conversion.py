@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import multiprocessing
+import multiprocessing.pool
 import sys
 import time
+import types
 from collections import Counter
+from collections.abc import Callable, Iterator
 
 import tensorflow as tf
 from absl import logging
@@ -180,44 +185,59 @@ class Progress:
             logging.info("converted %d/%d records", self.done, self.total)
 
 
-_worker_progress = None
+@contextlib.contextmanager
+def _without_main_module():
+    """Hides the parent's `__main__` while worker processes start.
+
+    A spawned process re-runs the parent's main module first: a command (`ecg_tfx.convert`, `ecg_tfx.train`) that
+    imports TensorFlow, ~4 s per worker before its first record. The workers need only `shards.write_in_worker`.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
-def _init_worker(progress_queue) -> None:
-    global _worker_progress
-    _worker_progress = progress_queue
+@contextlib.contextmanager
+def _workers(num_workers: int) -> Iterator[tuple[multiprocessing.pool.Pool, object] | None]:
+    """A pool of `num_workers` spawned processes and the queue they report records on; None for 1 worker (all in
+    this process). The workers import no TensorFlow, so they are ready in about a second; they are started before
+    listing, which they share (PTB parses a header per record)."""
+    if num_workers <= 1:
+        yield None
+        return
+    context = multiprocessing.get_context("spawn")  # TensorFlow (in this process) is not fork-safe
+    queue = context.SimpleQueue()
+    with _without_main_module():
+        pool = context.Pool(num_workers, initializer=shards.init_worker, initargs=(queue,))
+    with pool:
+        yield pool, queue
 
 
-def _write_in_worker(args) -> dict:
-    task, source, plan, output_dir = args
-    return shards.write(task, source, plan, output_dir, on_record=lambda: _worker_progress.put(1))
-
-
-def _run_tasks(tasks: list[shards.ShardTask], source, plan, output_dir: str, num_workers: int,
-               on_done) -> list[dict]:
-    """Writes every shard, in this process or in `num_workers` processes; reports progress per record."""
+def _run_tasks(tasks: list[shards.ShardTask], source, plan, output_dir: str, workers, on_done) -> list[dict]:
+    """Writes every shard, in this process or in the `workers` pool; reports progress per record."""
     progress = Progress(sum(len(t.items) for t in tasks))
-    if num_workers <= 1 or len(tasks) <= 1:
+    if workers is None or len(tasks) <= 1:
         results = []
         for task in tasks:
             results.append(shards.write(task, source, plan, output_dir, on_record=lambda: progress.add(1)))
             on_done(results)
         return results
-    context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
-    queue = context.SimpleQueue()
-    with context.Pool(min(num_workers, len(tasks)), initializer=_init_worker, initargs=(queue,)) as pool:
-        pending = [pool.apply_async(_write_in_worker, ((task, source, plan, output_dir),)) for task in tasks]
-        results: list[dict] = []
-        while pending:
-            while not queue.empty():
-                progress.add(queue.get())
-            for job in [job for job in pending if job.ready()]:
-                pending.remove(job)
-                results.append(job.get())
-                on_done(results)
-            time.sleep(0.05)
+    pool, queue = workers
+    pending = [pool.apply_async(shards.write_in_worker, ((task, source, plan, output_dir),)) for task in tasks]
+    results: list[dict] = []
+    while pending:
         while not queue.empty():
             progress.add(queue.get())
+        for job in [job for job in pending if job.ready()]:
+            pending.remove(job)
+            results.append(job.get())
+            on_done(results)
+        time.sleep(0.05)
+    while not queue.empty():
+        progress.add(queue.get())
     return results
 
 
@@ -280,11 +300,12 @@ class ConversionPlan:
     total: int  # records listed, readable or not
 
 
-def plan_conversion(config: ConversionConfig) -> ConversionPlan:
-    """Lists the source, selects records, classes and leads, splits by patient and plans the shards."""
+def plan_conversion(config: ConversionConfig, map_records: Callable = map) -> ConversionPlan:
+    """Lists the source (per-record work mapped with `map_records`), selects records, classes and leads, splits by
+    patient and plans the shards."""
     source = make_source(config)
     preset = labels.get_preset(config.source, config.labels or None)
-    refs, failures = source.refs()
+    refs, failures = source.refs(map_records)
     if config.max_records:
         refs = refs[: config.max_records]
     if not refs and not failures:
@@ -316,19 +337,21 @@ def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwri
     if done is not None:
         logging.info("%s already holds this conversion; nothing to do", output_dir)
         return done
-    planned = plan_conversion(config)
-    tasks = planned.tasks
-    results = [stats for task in tasks if (stats := shards.finished(output_dir, task)) is not None]
-    if results:
-        logging.info("resuming: %d of %d shards already complete", len(results), len(tasks))
-    reused = {stats["file"] for stats in results}
+    with _workers(num_workers) as workers:
+        planned = plan_conversion(config, map if workers is None else functools.partial(workers[0].imap,
+                                                                                         chunksize=8))
+        tasks = planned.tasks
+        results = [stats for task in tasks if (stats := shards.finished(output_dir, task)) is not None]
+        if results:
+            logging.info("resuming: %d of %d shards already complete", len(results), len(tasks))
+        reused = {stats["file"] for stats in results}
 
-    def check(progress: list[dict]) -> None:
-        failed = planned.listing_failures + sum(len(s["skipped"]) for s in progress)
-        check_failures(failed, planned.total, config.max_failure_fraction)
+        def check(progress: list[dict]) -> None:
+            failed = planned.listing_failures + sum(len(s["skipped"]) for s in progress)
+            check_failures(failed, planned.total, config.max_failure_fraction)
 
-    results += _run_tasks([t for t in tasks if t.filename not in reused], planned.source, planned.window,
-                          output_dir, num_workers, check)
+        results += _run_tasks([t for t in tasks if t.filename not in reused], planned.source, planned.window,
+                              output_dir, workers, check)
     read_failures = planned.listing_failures + sum(len(s["skipped"]) for s in results)
     check_failures(read_failures, planned.total, config.max_failure_fraction)
     manifest = _manifest(config, planned.preset, planned.window, tasks, results, planned.skipped)

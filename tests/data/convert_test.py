@@ -322,3 +322,46 @@ def test_killed_run_resumes_to_identical_output(tmp_path):
     assert tree_bytes(out) == tree_bytes(tmp_path / "clean")
     reused = [name for name, mtime in shards_before.items() if (out / name).stat().st_mtime_ns == mtime]
     assert reused, "complete shards should be reused, not rewritten"
+
+
+# Loaded by every Python process of the test's CLI run (PYTHONPATH): logs each import of TensorFlow and of the shard
+# writer with the importing process's id.
+IMPORT_SPY = '''
+import os, sys
+
+class _ImportSpy:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("tensorflow", "keras", "ecg_tfx.data.shards"):
+            with open(os.environ["ECG_TFX_IMPORT_LOG"], "a") as log:
+                log.write(f"{os.getpid()} {name}\\n")
+        return None
+
+sys.meta_path.insert(0, _ImportSpy())
+'''
+
+
+def test_conversion_workers_never_import_tensorflow(tmp_path):
+    (tmp_path / "spy").mkdir()
+    (tmp_path / "spy" / "sitecustomize.py").write_text(IMPORT_SPY)
+    log = tmp_path / "imports.txt"
+    repo = str(pathlib.Path(conversion.__file__).resolve().parents[2])
+    env = {**os.environ, "ECG_TFX_IMPORT_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "spy"), repo, os.environ.get("PYTHONPATH", "")])}
+    config = dataclasses_replace(SMALL_SYNTHETIC, shard_size_mb=0.5)
+    flags = ["--synthetic_patients=10", "--synthetic_records_per_patient=2", "--synthetic_duration_s=10",
+             "--shard_size_mb=0.5", "--num_workers=2"]
+    process = subprocess.Popen([sys.executable, "-m", "ecg_tfx.convert", *flags, f"--output_dir={tmp_path / 'cli'}"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    imports: dict[int, set[str]] = {}
+    for line in log.read_text().splitlines():
+        pid, name = line.split()
+        imports.setdefault(int(pid), set()).add(name)
+    assert "tensorflow" in imports.pop(process.pid), "the command itself uses TensorFlow"
+    assert len(imports) == 2 and all(names == {"ecg_tfx.data.shards"} for names in imports.values()), imports
+    conversion.run(config, str(tmp_path / "in_process"), num_workers=1)
+    shards, in_process = tree_bytes(tmp_path / "cli"), tree_bytes(tmp_path / "in_process")
+    manifests = [json.loads(files.pop("manifest.json")) for files in (shards, in_process)]
+    assert shards == in_process and len(shards) > 2
+    assert manifests[0]["splits"] == manifests[1]["splits"]
