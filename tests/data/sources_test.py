@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -102,23 +103,28 @@ def test_ptb_load_full_record_equals_wfdb() -> None:
 
 
 @needs_ptb
-@pytest.mark.parametrize("record_id, parses", [("patient001/s0010_re", 1), (MISSING_XYZ[0], 3)])
-def test_ptb_load_parses_an_intact_header_once(monkeypatch, record_id: str, parses: int) -> None:
-    """wfdb's header parser dominates conversion time: an intact record costs one parse, a record that lacks
-    its optional .xyz file takes the step-by-step path."""
-    source = PTBSource(str(PTB_ROOT))
-    ref = _ref_by_id(source.refs()[0], record_id)
-    calls = []
+@pytest.mark.parametrize("record_id", ["patient001/s0010_re", MISSING_XYZ[0]])
+def test_ptb_headers_are_parsed_once_per_record(monkeypatch, record_id: str) -> None:
+    """wfdb's header parser costs about as much as reading the samples: listing parses each header once and
+    loading reuses it (with or without the optional .xyz file); a ref without it costs one parse."""
+    calls = collections.Counter()
     parse = wfdb.io.record.rdheader
 
     def counting(*args, **kwargs):
-        calls.append(args[0])
+        calls[args[0]] += 1
         return parse(*args, **kwargs)
 
-    monkeypatch.setattr(wfdb.io.record, "rdheader", counting)
+    monkeypatch.setattr(wfdb.io.record, "rdheader", counting)  # what wfdb.rdrecord calls
     monkeypatch.setattr(wfdb, "rdheader", counting)
+    source = PTBSource(str(PTB_ROOT))
+    refs, failures = source.refs()
+    assert len(calls) == len(refs) + len(failures) == 66 and set(calls.values()) == {1}
+    ref = _ref_by_id(refs, record_id)
+    calls.clear()
     assert source.load(ref).signal.shape[1] == len(ref.leads)
-    assert len(calls) == parses
+    assert not calls
+    assert source.load(dataclasses.replace(ref, header=None)).leads == ref.leads
+    assert list(calls.values()) == [1]
 
 
 @needs_ptb
@@ -251,10 +257,11 @@ def test_broken_header_goes_to_failures(ptb_copy: pathlib.Path, corrupt: Callabl
 
 
 def test_garbage_header_fails_loading(ptb_copy: pathlib.Path) -> None:
+    """Loading parses the header itself when the ref carries none (the listing's parse is otherwise reused)."""
     source, refs = _listed(ptb_copy)
     (ptb_copy / f"{SHORT_RECORDS[2]}.hea").write_bytes(b"\xff\xfe garbage\n")
     with pytest.raises(RecordError, match="unreadable header") as err:
-        source.load(refs[SHORT_RECORDS[2]])
+        source.load(dataclasses.replace(refs[SHORT_RECORDS[2]], header=None))
     assert err.value.path == str(ptb_copy / SHORT_RECORDS[2])
 
 

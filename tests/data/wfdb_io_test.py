@@ -1,12 +1,11 @@
-"""Reading WFDB records: one header parse per record, and the samples exactly what `wfdb.rdrecord` reads."""
+"""Reading WFDB records from a parsed header: the samples are exactly what `wfdb.rdrecord` reads (the parse count is
+in sources_test)."""
 
 from __future__ import annotations
 
-import collections
 import pathlib
 
 import numpy as np
-import pytest
 import wfdb
 
 from ecg_tfx.data.sources.ptb import PTBSource
@@ -37,21 +36,3 @@ def test_ptbxl_samples_equal_rdrecord(ptbxl_dir: pathlib.Path):
     for ref in source.refs()[0][:3]:
         assert ref.header is None, "PTB-XL lists from its CSV"
         np.testing.assert_array_equal(source.load(ref).signal, rdrecord_mv(ref.path, 12))
-
-
-def test_listing_and_loading_parse_each_ptb_header_once(ptb_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch):
-    parsed = collections.Counter()
-    parse = wfdb.io.record.rdheader
-
-    def counting(record_name, *args, **kwargs):
-        parsed[record_name] += 1
-        return parse(record_name, *args, **kwargs)
-
-    monkeypatch.setattr(wfdb.io.record, "rdheader", counting)  # what wfdb.rdrecord calls
-    monkeypatch.setattr(wfdb, "rdheader", counting)
-    source = PTBSource(str(ptb_dir))
-    refs, failures = source.refs()
-    for ref in refs[:10]:
-        source.load(ref)
-    assert len(parsed) == len(refs) + len(failures) == 66
-    assert set(parsed.values()) == {1}
