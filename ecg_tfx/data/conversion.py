@@ -203,7 +203,7 @@ def _without_main_module():
 @contextlib.contextmanager
 def _workers(num_workers: int) -> Iterator[tuple[multiprocessing.pool.Pool, object] | None]:
     """A pool of `num_workers` spawned processes and the queue they report records on; None for 1 worker (all in
-    this process). The workers import no TensorFlow, so they are ready in about a second; they are started before
+    this process). The workers import no TensorFlow (numpy, scipy.signal and wfdb only); they are started before
     listing, which they share (PTB parses a header per record)."""
     if num_workers <= 1:
         yield None
