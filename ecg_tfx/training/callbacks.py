@@ -49,6 +49,26 @@ class CSVLogger(keras.callbacks.CSVLogger):
         self.writer = None
 
 
+class TrainingDiverged(RuntimeError):
+    """The model's weights stopped being finite: the run cannot produce a usable model."""
+
+
+class FiniteWeights(keras.callbacks.Callback):
+    """Stops the run at the end of the first epoch whose weights (BatchNorm statistics included) are not finite.
+
+    Keras's TerminateOnNaN watches the loss, which can stay finite while the weights are NaN (the loss clips the
+    NaN probabilities), so a diverged run would otherwise train on and export a model that answers NaN. Runs first
+    among the callbacks, so no checkpoint or backup of that epoch is written.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for weight in self.model.weights:
+            if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(weight.value, tf.float32)))):
+                raise TrainingDiverged(
+                    f"training diverged in epoch {epoch + 1}: {weight.path} is not finite; try a lower "
+                    "--learning_rate or --precision=float32 (no model was kept from this epoch)")
+
+
 class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint(save_best_only) that ignores the first epochs, like EarlyStopping(start_from_epoch)."""
 

@@ -25,12 +25,12 @@ from ecg_tfx.evaluation.evaluate import evaluate, fit_decision
 from ecg_tfx.models import build_model
 from ecg_tfx.serving.exporter import export_run
 from ecg_tfx.training import distribute
-from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger, ResumableBackup
+from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger, FiniteWeights, ResumableBackup
 from ecg_tfx.training.config import TrainConfig
 
 
 def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callback]:
-    """LR schedule, early stopping, best checkpoint, TensorBoard, CSV log, and last the backup that saves them.
+    """The divergence check, LR schedule, early stopping, best checkpoint, TensorBoard, CSV log, and last the backup.
 
     `work_dir` is the run folder on the chief; other multi-worker workers get their own, removed at the end.
     A killed run resumes from the backup with the same best score, patience count and best weights.
@@ -45,7 +45,9 @@ def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callba
                                       restore_best_weights=True, start_from_epoch=warmup),
         BestCheckpoint(work.best, monitor=config.monitor, mode=mode, save_best_only=True, start_from_epoch=warmup),
     ]
-    return stateful + [
+    return [
+        FiniteWeights(),
+        *stateful,
         keras.callbacks.TensorBoard(work.logs),
         CSVLogger(work.history, first_epoch=ResumableBackup.resume_epoch(work.backup)),
         ResumableBackup(work.backup, stateful),

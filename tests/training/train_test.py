@@ -22,7 +22,7 @@ from ecg_tfx.data.conversion import ConversionConfig
 from ecg_tfx.dsp.augment import AugmentConfig
 from ecg_tfx.models import build_model
 from ecg_tfx.training import distribute, trainer
-from ecg_tfx.training.callbacks import BestCheckpoint
+from ecg_tfx.training.callbacks import BestCheckpoint, FiniteWeights, TrainingDiverged
 from ecg_tfx.training.config import TrainConfig
 
 TINY = ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2, synthetic_duration_s=10,
@@ -142,6 +142,27 @@ def test_best_checkpoint_ignores_warmup_epochs(tmp_path):
     callback.on_epoch_end(3, {"val_auc": 0.8})
     assert (tmp_path / "best.keras").stat().st_mtime_ns != first
     assert callback.best == 0.8
+
+
+def test_a_run_whose_weights_stop_being_finite_stops_before_any_checkpoint(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    y = (x[:, :1] > 0).astype(np.float32)
+
+    def fit(model: keras.Model, name: str) -> None:
+        model.compile(optimizer="sgd", loss="binary_crossentropy")
+        best = BestCheckpoint(str(tmp_path / name), monitor="loss", mode="min", save_best_only=True)
+        model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[FiniteWeights(), best])
+
+    healthy = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
+                                keras.layers.Dense(1, activation="sigmoid")])
+    fit(healthy, "healthy.keras")
+    assert (tmp_path / "healthy.keras").exists()
+    diverged = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
+                                 keras.layers.Dense(1, activation="sigmoid")])
+    diverged.layers[1].moving_variance.assign(np.full(3, np.nan, np.float32))  # as the collapsed PTB-XL runs had
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: .*moving_variance is not finite.*--learning_rate"):
+        fit(diverged, "diverged.keras")
+    assert not (tmp_path / "diverged.keras").exists()
 
 
 def weights(path: pathlib.Path) -> list[np.ndarray]:
