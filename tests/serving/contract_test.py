@@ -220,7 +220,7 @@ def test_predict_refuses_with_the_same_messages(tiny_export, kind):
         with pytest.raises(ContractError) as error:
             predictor(make_ecg(1, time, bad)[0], rate)
         assert str(error.value) == message, name
-    assert predictor(make_ecg(1, 1250, None)[0], 500).shape == (len(predictor.labels),)
+    assert predictor(make_ecg(1, 1250, None)[0], 500)["probabilities"].shape == (len(predictor.labels),)
 
 
 def test_the_tflite_wrapper_refuses_non_finite_windows(tiny_export):

@@ -17,9 +17,10 @@ from ecg_tfx.dsp.preprocessing import preprocess
 from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.evaluation.evaluate import fit_decision
 from ecg_tfx.models.ensemble import average, load_runs
+from ecg_tfx.serving.decide import calibrate
 from ecg_tfx.serving.exporter import REPORT_FILE
 from ecg_tfx.serving.saved_model import SIGNATURES, WARMUP_FILE
-from ecg_tfx.serving.tflite import TFLiteRunner, read_windows
+from ecg_tfx.serving.tflite import DECISION_FILE, TFLiteRunner, read_windows
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +126,9 @@ def test_tflite_of_the_ensemble_has_builtin_ops_only_and_agrees(tiny_ensemble_ex
     saved = tf.saved_model.load(str(version)).signatures["serve_examples"]
     expected = saved(examples=tf.constant(serialized))["probabilities"].numpy()
     runner = TFLiteRunner((version / "tflite" / "model_float32.tflite").read_bytes())
-    got = np.concatenate([runner(window[None]) for window in signal])
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    raw = np.concatenate([runner(window[None]) for window in signal])  # TFLite models answer uncalibrated
+    decision = Decision.load(str(version / "tflite" / DECISION_FILE))
+    np.testing.assert_allclose(calibrate(raw, decision.calibration).numpy(), expected, atol=1e-4)
 
 
 def test_the_model_card_names_the_member_runs(tiny_ensemble_export):
