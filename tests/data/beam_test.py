@@ -28,6 +28,17 @@ SMALL = ConversionConfig(synthetic_patients=10, synthetic_records_per_patient=2,
                          shard_size_mb=0.3)
 
 
+@pytest.fixture(autouse=True)
+def shallow_state_cache_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam's in-process worker weighs each cached side input with objsize, which first walks `vars()` of every
+    module in `sys.modules`; in a pytest worker that ran hundreds of other tests, that walk aborted the process
+    (Fatal Python error in objsize's `_iter_modules_globals`, seen in CI). A fresh `convert` process does not carry
+    those modules. Weigh shallowly here: the cache is never full in these small pipelines."""
+    from apache_beam.runners.worker import statecache
+
+    monkeypatch.setattr(statecache, "get_deep_size", lambda *objs: sum(sys.getsizeof(o) for o in objs))
+
+
 def examples(paths: list[pathlib.Path]) -> Counter[bytes]:
     """The multiset of serialized examples in these shards."""
     found: Counter[bytes] = Counter()
