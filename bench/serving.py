@@ -62,8 +62,16 @@ def request_body(window: np.ndarray, rate: int) -> bytes:
     return json.dumps({"inputs": {"ecg": ecg, "sample_rate": [float(rate)]}}).encode()
 
 
-def burst(port: int, body: bytes, clients: int, max_requests: int, max_seconds: float) -> dict:
-    """`clients` threads post `body` until `max_requests` in all or `max_seconds` have passed."""
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def burst(port: int, body: bytes, clients: int, max_requests: int, max_seconds: float, server_pid: int) -> dict:
+    """`clients` threads post `body` until `max_requests` in all or `max_seconds` have passed; also the cores the
+    server and this process (the clients) kept busy meanwhile."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -94,13 +102,16 @@ def burst(port: int, body: bytes, clients: int, max_requests: int, max_seconds: 
         finally:
             connection.close()
 
-    started = time.perf_counter()
+    started, server_cpu, client_cpu = time.perf_counter(), process_cpu_s(server_pid), time.process_time()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return {"seconds": time.perf_counter() - started, "latencies": latencies, "errors": errors}
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "latencies": latencies, "errors": errors,
+            "server_cores": (process_cpu_s(server_pid) - server_cpu) / seconds,
+            "client_cores": (time.process_time() - client_cpu) / seconds}
 
 
 def grpc_request(window: np.ndarray, rate: int) -> predict_pb2.PredictRequest:
@@ -185,16 +196,16 @@ def run(quick: bool = False) -> dict:
     process, port, target = start_server(version, str(data.WORKSPACE / "serve.log"))
     unbatched, unbatched_port, _ = start_server(version, str(data.WORKSPACE / "serve_unbatched.log"),
                                                 "--enable_batching=false")
-    levels = [(clients, port) for clients in LEVELS] + [(LEVELS[-1], unbatched_port)]
+    levels = [(clients, port, process.pid) for clients in LEVELS] + [(LEVELS[-1], unbatched_port, unbatched.pid)]
     names = [f"{clients} clients" for clients in LEVELS] + [f"{LEVELS[-1]} clients, no batching"]
     try:
-        for warm_port in (port, unbatched_port):  # warm-up: first calls trace nothing (SavedModel) but fill caches
-            burst(warm_port, body, 2, 4, 30.0)
+        for _, warm_port, pid in levels[-2:]:  # warm-up: first calls trace nothing (SavedModel) but fill caches
+            burst(warm_port, body, 2, 4, 30.0, pid)
         results: dict[str, list[dict]] = {name: [] for name in names}
         for rep in range(rounds):
             for index in [(rep + i) % len(levels) for i in range(len(levels))]:
-                clients, level_port = levels[index]
-                results[names[index]].append(burst(level_port, body, clients, per_client * clients, seconds))
+                clients, level_port, pid = levels[index]
+                results[names[index]].append(burst(level_port, body, clients, per_client * clients, seconds, pid))
         sizes = batch_sizes(port)
         latency = grpc_vs_rest(port, target, body, grpc_request(window, spec.sample_rate_hz), 10 if quick else 20)
     finally:
@@ -211,6 +222,8 @@ def run(quick: bool = False) -> dict:
                                                    for b in bursts]), 2),
             "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 1) if len(latencies) else None,
             "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 1) if len(latencies) else None,
+            "server_cores": round(timing.median([b["server_cores"] for b in bursts]), 2),
+            "client_cores": round(timing.median([b["client_cores"] for b in bursts]), 2),
         }
     profile, split = profile_request(version, body)
     metrics["profiled ms per request"] = {key: round(value, 1) for key, value in split.items()}
@@ -221,7 +234,13 @@ def run(quick: bool = False) -> dict:
     tail = top["p99_ms"] / top["p50_ms"] if top["p50_ms"] else float("inf")
     scaling = top["requests_per_s"] / single["requests_per_s"]
     calls, rows = sum(sizes.values()), sum(size * count for size, count in sizes.items())
+    cores, busy = os.cpu_count() or 1, single["server_cores"] + single["client_cores"]
     findings = [
+        f"CPU: at 1 client the server kept {single['server_cores']:.2f} cores busy and the client "
+        f"{single['client_cores']:.2f}; at {LEVELS[-1]} clients {top['server_cores']:.2f} and "
+        f"{top['client_cores']:.2f}, of {cores}. With the clients on the same machine, more clients can at best "
+        f"multiply one client's requests/s by {cores / busy:.2f} ({cores} / {busy:.2f} cores), less whatever "
+        "per-request work batching does not share (JSON parsing, the event loop).",
         f"Where a request's time goes (profiled handler, unbatched, ms per request under cProfile): JSON -> tensor "
         f"{split['json_to_tensor']:.0f} ms, model call {split['model_call']:.0f} ms, of {split['handler']:.0f} ms.",
         f"The batched server ran {rows} recordings in {calls} model calls (mean {rows / max(calls, 1):.2f} per call, "

@@ -5,6 +5,7 @@
                             [--max_concurrent_requests=32] [--read_timeout_s=30] [--version_labels=stable:1,canary:2]
                             [--enable_batching=true] [--max_batch_size=32] [--batch_timeout_micros=2000]
                             [--max_enqueued_batches=64] [--num_batch_threads=2]
+                            [--batching_parameters_file=serving/batching.config]
 """
 
 from __future__ import annotations
@@ -60,6 +61,30 @@ _MAX_ENQUEUED_BATCHES = flags.DEFINE_integer(
     "needs one more is refused with 429 / RESOURCE_EXHAUSTED.", lower_bound=1)
 _NUM_BATCH_THREADS = flags.DEFINE_integer("num_batch_threads", _BATCHING.num_batch_threads,
                                           "Batches run at once.", lower_bound=1)
+_BATCHING_FLAGS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
+_BATCHING_PARAMETERS_FILE = flags.DEFINE_string(
+    "batching_parameters_file", "", "TF Serving's BatchingParameters text proto (e.g. serving/batching.config), "
+    "as `tensorflow_model_server --batching_parameters_file` reads it; replaces the four settings above, which may "
+    "then not be given. Fields it leaves out keep their defaults.")
+
+
+def batching_parameters() -> BatchingParameters | None:
+    """The batcher's settings from the flags or --batching_parameters_file; None without batching."""
+    path = _BATCHING_PARAMETERS_FILE.value
+    if not _ENABLE_BATCHING.value:
+        if path:
+            raise app.UsageError("--batching_parameters_file needs --enable_batching")
+        return None
+    if not path:
+        return BatchingParameters(_MAX_BATCH_SIZE.value, _BATCH_TIMEOUT_MICROS.value, _MAX_ENQUEUED_BATCHES.value,
+                                  _NUM_BATCH_THREADS.value)
+    both = [f"--{name}" for name in _BATCHING_FLAGS if flags.FLAGS[name].present]
+    if both:
+        raise app.UsageError(f"pass either --batching_parameters_file or {', '.join(both)}, not both")
+    try:
+        return BatchingParameters.from_text(storage.read_text(path))
+    except (OSError, ValueError, TypeError) as error:
+        raise app.UsageError(f"--batching_parameters_file {path}: {error}") from None
 
 
 def main(argv: list[str]) -> None:
@@ -69,10 +94,8 @@ def main(argv: list[str]) -> None:
         labels = parse_version_labels(_VERSION_LABELS.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    batcher = None
-    if _ENABLE_BATCHING.value:
-        batcher = Batcher(BatchingParameters(_MAX_BATCH_SIZE.value, _BATCH_TIMEOUT_MICROS.value,
-                                             _MAX_ENQUEUED_BATCHES.value, _NUM_BATCH_THREADS.value))
+    parameters = batching_parameters()
+    batcher = Batcher(parameters) if parameters else None
     model = Model.load(_MODEL_NAME.value, _MODEL_BASE_PATH.value, labels, batcher)
     models = {model.name: model}
     limits = ServerLimits(_MAX_REQUEST_BYTES.value, _MAX_CONCURRENT_REQUESTS.value, _READ_TIMEOUT_S.value)

@@ -188,6 +188,16 @@ def write_json(path: str, value: object) -> None:
     write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
+def read_text(path: str) -> str:
+    """A whole text file: local with the standard library (OSError if missing), a URL with gfile."""
+    if not is_url(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    enable_filesystem(path)
+    with _tf().io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
 def read_json(path: str) -> dict:
     with _tf().io.gfile.GFile(path, "rb") as f:
         return json.loads(f.read())

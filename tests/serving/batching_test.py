@@ -99,6 +99,8 @@ def client_predict(stub, ecg: np.ndarray, spec: ModelSpec) -> np.ndarray:
 def test_batching_config_holds_the_servers_defaults():
     assert BatchingParameters.from_text(CONFIG.read_text()) == BatchingParameters()
     assert BatchingParameters.from_text(BatchingParameters(8, 0, 3, 1).to_text()) == BatchingParameters(8, 0, 3, 1)
+    with pytest.raises(ValueError, match="unsupported batching parameter allowed_batch_sizes"):
+        BatchingParameters.from_text("max_batch_size { value: 4 }\nallowed_batch_sizes { value: 4 }")
     with pytest.raises(ValueError, match="unsupported batching parameter pad_variable_length_inputs"):
         BatchingParameters.from_text("pad_variable_length_inputs { value: true }")
 

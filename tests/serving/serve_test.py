@@ -11,6 +11,7 @@ import concurrent.futures
 import http.client
 import json
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import tensorflow as tf
 from ecg_tfx.serving.client import GrpcClient
 from ecg_tfx.serving.errors import ServingError
 from ecg_tfx.serving.limits import ServerLimits
-from ecg_tfx.serving.rest.http import Server
+from ecg_tfx.serving.rest.http import METRICS_PATH, Server
 from ecg_tfx.serving.rest.json_tensors import tensor_from_json
 from ecg_tfx.serving.saved_model import set_method_name
 from ecg_tfx.serving.servables import Model, parse_version_labels
@@ -31,6 +32,7 @@ LEADS = 12
 LABELS = ("normal", "mi", "other")
 WEIGHTS = np.random.default_rng(0).normal(size=(LEADS, len(LABELS))).astype(np.float32)
 MAX_REQUEST_BYTES = 256 * 1024
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 class ToyModule(tf.Module):
@@ -329,10 +331,13 @@ def test_labels_must_point_at_loaded_versions(toy_base):
         parse_version_labels("stable=1")
 
 
-def test_cli_serves_in_a_subprocess_until_terminated(toy_base):
+def test_cli_serves_in_a_subprocess_until_terminated(toy_base, tmp_path):
+    """Also reads TF Serving's --batching_parameters_file: the metrics page's batch-size buckets end at its size."""
+    config = tmp_path / "batching.config"
+    config.write_text("# three rows at most\nmax_batch_size { value: 3 }\nbatch_timeout_micros { value: 0 }\n")
     process = subprocess.Popen([sys.executable, "-m", "ecg_tfx.serve", f"--model_base_path={toy_base}", "--port=0",
-                                "--grpc_port=0", "--version_labels=stable:1"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=pathlib.Path(__file__).resolve().parents[2])
+                                "--grpc_port=0", "--version_labels=stable:1", f"--batching_parameters_file={config}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         line = process.stdout.readline()
         assert "serving model ecg versions [1, 2] labels {'stable': 1} at http://127.0.0.1:" in line, \
@@ -349,6 +354,9 @@ def test_cli_serves_in_a_subprocess_until_terminated(toy_base):
         body = json.loads(response.read())
         assert response.status == 200, body
         np.testing.assert_allclose(body["outputs"]["probabilities"], expected_probabilities(ECG, 1), atol=1e-5)
+        connection.request("GET", METRICS_PATH)
+        buckets = re.findall(r'processed_batch_size_bucket\{le="(\d+)"\}', connection.getresponse().read().decode())
+        assert buckets == ["1", "2", "3"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
@@ -356,6 +364,15 @@ def test_cli_serves_in_a_subprocess_until_terminated(toy_base):
             process.kill()
         process.stdout.close()
         process.stderr.close()
+
+
+def test_cli_refuses_a_batching_file_beside_the_flags_it_replaces(toy_base, tmp_path):
+    config = tmp_path / "batching.config"
+    config.write_text("max_batch_size { value: 3 }\n")
+    both = subprocess.run([sys.executable, "-m", "ecg_tfx.serve", f"--model_base_path={toy_base}", "--port=0",
+                           "--grpc_port=-1", f"--batching_parameters_file={config}", "--max_batch_size=4"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert both.returncode != 0 and "pass either --batching_parameters_file or --max_batch_size" in both.stderr
 
 
 def test_json_tensors_of_plain_numbers_equal_the_exact_per_value_path():
