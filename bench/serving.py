@@ -155,6 +155,31 @@ def batch_sizes(port: int) -> dict[int, int]:
             if count > previous}
 
 
+def model_alone(version_dir: str, window: np.ndarray, rate: int, calls: int, reps: int) -> dict[str, float]:
+    """The SavedModel's `serving_default` in this process, no server: the time of `calls` recordings sent as
+    batch-1 calls from one thread, as batch-1 calls from two threads at once, and as batch-2 calls from one
+    thread (interleaved rounds; medians). What the hardware allows more clients to gain."""
+    signature = tf.saved_model.load(version_dir).signatures["serving_default"]
+    one = {"ecg": tf.constant(window.astype(np.float32)[None]), "sample_rate": tf.constant([float(rate)])}
+    two = {name: tf.concat([value, value], 0) for name, value in one.items()}
+
+    def sequential(inputs: dict, count: int) -> None:
+        for _ in range(count):
+            signature(**inputs)
+
+    def two_threads() -> None:
+        threads = [threading.Thread(target=sequential, args=(one, calls // 2)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    times = timing.interleaved({"batch 1, 1 thread": lambda: sequential(one, calls),
+                                "batch 1, 2 threads": two_threads,
+                                "batch 2, 1 thread": lambda: sequential(two, calls // 2)}, reps)
+    return {name: calls / timing.median(values) for name, values in times.items()}
+
+
 def profile_request(version_dir: str, body: bytes, calls: int = 5, top: int = 8) -> tuple[list[str], dict]:
     """cProfile of the server's request handler (`serving.rest.api.RestApi.handle`) in this process.
 
@@ -226,6 +251,8 @@ def run(quick: bool = False) -> dict:
             "client_cores": round(timing.median([b["client_cores"] for b in bursts]), 2),
         }
     profile, split = profile_request(version, body)
+    alone = model_alone(version, window, spec.sample_rate_hz, 20 if quick else 40, rounds)
+    metrics["model alone, recordings/s"] = {name: round(value, 1) for name, value in alone.items()}
     metrics["profiled ms per request"] = {key: round(value, 1) for key, value in split.items()}
     metrics["model calls per batch size (batched server, all levels)"] = sizes
     metrics["median ms, same request, 1 client"] = {name: round(value, 1) for name, value in latency.items()}
@@ -241,6 +268,12 @@ def run(quick: bool = False) -> dict:
         f"{top['client_cores']:.2f}, of {cores}. With the clients on the same machine, more clients can at best "
         f"multiply one client's requests/s by {cores / busy:.2f} ({cores} / {busy:.2f} cores), less whatever "
         "per-request work batching does not share (JSON parsing, the event loop).",
+        f"The model alone (no server, recordings/s): {alone['batch 1, 1 thread']:.1f} as batch-1 calls from one "
+        f"thread, {alone['batch 1, 2 threads']:.1f} from two threads at once "
+        f"({alone['batch 1, 2 threads'] / alone['batch 1, 1 thread']:.2f}x), {alone['batch 2, 1 thread']:.1f} as "
+        f"batch-2 calls ({alone['batch 2, 1 thread'] / alone['batch 1, 1 thread']:.2f}x): on {cores} cores that "
+        f"bounds what {LEVELS[-1]} clients can gain over one; the server at {LEVELS[-1]} clients reached "
+        f"{top['requests_per_s'] / max(alone.values()):.0%} of the best.",
         f"Where a request's time goes (profiled handler, unbatched, ms per request under cProfile): JSON -> tensor "
         f"{split['json_to_tensor']:.0f} ms, model call {split['model_call']:.0f} ms, of {split['handler']:.0f} ms.",
         f"The batched server ran {rows} recordings in {calls} model calls (mean {rows / max(calls, 1):.2f} per call, "
