@@ -13,11 +13,11 @@ import wfdb
 from absl import app, flags
 
 from ecg_tfx.core import storage
-from ecg_tfx.core.labels import SYNTHETIC_CLASSES
+from ecg_tfx.core.labels import SYNTHETIC_CONDITIONS
 from ecg_tfx.core.records import STANDARD12
 from ecg_tfx.data.sources.synthetic import synthesize
 
-_CONDITION = flags.DEFINE_enum("condition", "normal", list(SYNTHETIC_CLASSES), "Condition to synthesize.")
+_CONDITION = flags.DEFINE_enum("condition", "normal", list(SYNTHETIC_CONDITIONS), "Condition to synthesize.")
 _OUTPUT = flags.DEFINE_string("output", "workspace/samples/sample", "Record path without extension (.hea/.dat); "
                                "local, gs:// or s3://.")
 _DURATION_S = flags.DEFINE_float("duration_s", 30.0, "Length in seconds.", lower_bound=1.0)

@@ -16,6 +16,20 @@ PTB_UNKNOWN = "n/a"
 PTBXL_SUPERCLASSES = ("NORM", "MI", "STTC", "CD", "HYP")
 
 SYNTHETIC_CLASSES = ("normal", "myocardial_infarction", "bundle_branch_block", "hypertrophy", "atrial_fibrillation")
+# Everything the generator can draw: the `conditions` preset's five classes and ST/T change (in the
+# `superdiagnostic` cohort only, so the `conditions` vocabulary stays as the demo and its runs know it).
+SYNTHETIC_CONDITIONS = (*SYNTHETIC_CLASSES, "st_t_change")
+
+# A synthetic condition's PTB-XL diagnostic superclass. Atrial fibrillation has none: in PTB-XL, AFIB is a rhythm
+# statement, not a diagnostic one, so an AF record is labelled by its other conditions (its ECG morphology).
+SYNTHETIC_SUPERCLASS: dict[str, str | None] = {
+    "normal": "NORM",
+    "myocardial_infarction": "MI",
+    "st_t_change": "STTC",
+    "bundle_branch_block": "CD",
+    "hypertrophy": "HYP",
+    "atrial_fibrillation": None,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +62,21 @@ def _first_superclass(raw: Sequence[str]) -> tuple[str, ...]:
     return ("NORM",) if "NORM" in raw else ()
 
 
-PRESETS: dict[str, LabelPreset] = {
-    p.name: p
+def _superclasses(raw: Sequence[str]) -> tuple[str, ...]:
+    """Synthetic conditions -> their PTB-XL superclasses, in PTBXL_SUPERCLASSES order (as PTB-XL's multi-hot)."""
+    mapped = {SYNTHETIC_SUPERCLASS.get(label) for label in raw}
+    return tuple(c for c in PTBXL_SUPERCLASSES if c in mapped)
+
+
+PRESETS: dict[tuple[str, str], LabelPreset] = {
+    (p.source, p.name): p
     for p in (
         LabelPreset("mi_vs_healthy", "ptb", (PTB_HEALTHY, PTB_MI), False, _keep((PTB_HEALTHY, PTB_MI))),
         LabelPreset("diagnoses", "ptb", None, False, _first_known),
         LabelPreset("superdiagnostic", "ptbxl", PTBXL_SUPERCLASSES, True, _keep(PTBXL_SUPERCLASSES)),
         LabelPreset("superdiagnostic_single", "ptbxl", PTBXL_SUPERCLASSES, False, _first_superclass),
         LabelPreset("conditions", "synthetic", SYNTHETIC_CLASSES, False, _keep(SYNTHETIC_CLASSES)),
+        LabelPreset("superdiagnostic", "synthetic", PTBXL_SUPERCLASSES, True, _superclasses),
     )
 }
 
@@ -64,8 +85,8 @@ DEFAULT_PRESET = {"ptb": "mi_vs_healthy", "ptbxl": "superdiagnostic", "synthetic
 
 def get_preset(source: str, name: str | None) -> LabelPreset:
     """Returns the named preset (or the source's default), checking it belongs to the source."""
-    preset = PRESETS.get(name or DEFAULT_PRESET[source])
-    if preset is None or preset.source != source:
+    preset = PRESETS.get((source, name or DEFAULT_PRESET[source]))
+    if preset is None:
         choices = sorted(p.name for p in PRESETS.values() if p.source == source)
         raise ValueError(f"label preset {name!r} is not one of {choices} for source {source!r}")
     return preset

@@ -75,7 +75,8 @@ def make_source(config: ConversionConfig):
         from ecg_tfx.data.sources.synthetic import SyntheticSource
 
         return SyntheticSource(config.synthetic_patients, config.synthetic_records_per_patient,
-                               config.synthetic_duration_s, config.synthetic_sample_rate, config.split_seed)
+                               config.synthetic_duration_s, config.synthetic_sample_rate, config.split_seed,
+                               labels.get_preset(config.source, config.labels or None).name)
     if not config.input_dir:
         raise SourceError(f"--source={config.source} needs --input_dir (the database folder)")
     if config.source == "ptb":

@@ -56,8 +56,7 @@ flags.register_multi_flags_validator(
     ["source", "input_dir"], lambda f: f["source"] == "synthetic" or bool(f["input_dir"]),
     "--input_dir is required for --source=ptb and --source=ptbxl")
 flags.register_multi_flags_validator(
-    ["source", "labels"], lambda f: not f["labels"] or labels.PRESETS.get(f["labels"], None) is not None
-    and labels.PRESETS[f["labels"]].source == f["source"],
+    ["source", "labels"], lambda f: not f["labels"] or (f["source"], f["labels"]) in labels.PRESETS,
     f"--labels must be a preset of the chosen source: {sorted((p.source, p.name) for p in labels.PRESETS.values())}")
 
 

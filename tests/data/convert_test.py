@@ -268,7 +268,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     (["--split=0.5,0.5"], "--split takes 3 fractions"),
     (["--split=0.995,0.004,0.001"], "need more than 100 patient folds"),
     (["--synthetic_patients=20", "--split=0.5,0.49,0.01"], "20 patients are too few for --split=0.5,0.49,0.01"),
-    (["--labels=superdiagnostic"], "--labels must be a preset of the chosen source"),
+    (["--labels=superdiagnostic_single"], "--labels must be a preset of the chosen source"),
 ])
 def test_bad_input_stops_with_one_clear_message(tmp_path, args, message):
     (tmp_path / "empty").mkdir()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
-from ecg_tfx.core.labels import SYNTHETIC_CLASSES
+from ecg_tfx.core.labels import SYNTHETIC_CLASSES, SYNTHETIC_CONDITIONS
 from ecg_tfx.core.records import STANDARD12, RecordError
 from ecg_tfx.data.sources.synthetic import SyntheticSource, draw_patient, synthesize
 
@@ -89,6 +89,21 @@ class Measured:
         return np.diff(self.peaks) / FS
 
 
+def measure(sig: np.ndarray, truth: dict) -> Measured:
+    peaks = detect_r_peaks(sig)
+    return Measured(sig, truth, peaks, median_beat(sig, peaks))
+
+
+def patients_with(conditions: tuple[str, ...], count: int = PATIENTS_PER_CLASS, **params) -> list[Measured]:
+    """`count` patients with these conditions (and any patient parameters given), one record each, measured."""
+    measured = []
+    for patient in range(count):
+        rng = np.random.default_rng([11, patient, 7])
+        p = dataclasses.replace(draw_patient(conditions, rng), **params)
+        measured.append(measure(*synthesize(conditions, DURATION_S, FS, rng, p)))
+    return measured
+
+
 @pytest.fixture(scope="module")
 def cohort() -> dict[str, list[Measured]]:
     """PATIENTS_PER_CLASS patients per condition, one record each, measured."""
@@ -102,8 +117,7 @@ def cohort() -> dict[str, list[Measured]]:
     groups: dict[str, list[Measured]] = {c: [] for c in SYNTHETIC_CLASSES}
     for patient in range(source.num_patients):
         sig, truth = source.synthesize(patient, 0)
-        peaks = detect_r_peaks(sig)
-        groups[truth["condition"]].append(Measured(sig, truth, peaks, median_beat(sig, peaks)))
+        groups[truth["condition"]].append(measure(sig, truth))
     return groups
 
 
@@ -184,8 +198,11 @@ def test_load_rejects_foreign_and_out_of_range_ids() -> None:
 
 
 def test_rejects_unknown_condition_and_bad_sizes() -> None:
-    with pytest.raises(ValueError):
-        synthesize("flutter", 5.0, FS, np.random.default_rng(0))
+    for conditions in ("flutter", ("normal", "flutter"), ()):
+        with pytest.raises(ValueError, match="unknown conditions"):
+            synthesize(conditions, 5.0, FS, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="cohort"):
+        SyntheticSource(cohort="superdiagnostic_single")
     with pytest.raises(ValueError):
         SyntheticSource(num_patients=0)
     with pytest.raises(ValueError):
@@ -193,7 +210,7 @@ def test_rejects_unknown_condition_and_bad_sizes() -> None:
 
 
 def test_einthoven_and_goldberger_relations_hold() -> None:
-    for condition in SYNTHETIC_CLASSES:
+    for condition in (*SYNTHETIC_CONDITIONS, ("myocardial_infarction", "bundle_branch_block", "atrial_fibrillation")):
         rng = np.random.default_rng(5)
         s, _ = synthesize(condition, 5.0, FS, rng, draw_patient(condition, rng))
         i, ii, iii, avr, avl, avf = (s[:, LEAD[n]].astype(np.float64) for n in ("i", "ii", "iii", "avr", "avl", "avf"))
@@ -322,6 +339,47 @@ def test_hypertrophy_has_high_voltage_and_strain(cohort: dict[str, list[Measured
     assert np.median([total_voltage(m) for m in lvh]) > 1.5 * np.median([total_voltage(m) for m in normal])
     assert np.median([sokolow_lyon(m) for m in lvh]) > 3.5 > max(map(sokolow_lyon, normal))
     assert max(map(lateral_t, lvh)) < 0.0 < min(map(lateral_t, normal))
+
+
+def st_elevated_leads(m: Measured, leads: tuple[str, ...], mv: float = 0.1) -> int:
+    return int(np.sum(m.beat.st[[LEAD[lead] for lead in leads]] >= mv))
+
+
+def st_depressed_leads(m: Measured, leads: tuple[str, ...], mv: float = 0.05) -> int:
+    return int(np.sum(m.beat.st[[LEAD[lead] for lead in leads]] <= -mv))
+
+
+def t_level(m: Measured, leads: tuple[str, ...]) -> float:
+    """Mean level 100-250 ms after the QRS (the T wave's first part) over `leads`, mV."""
+    return float(m.beat.level(0.1, 0.25, m.beat.qrs_offset)[[LEAD[lead] for lead in leads]].mean())
+
+
+def test_st_t_change_depresses_st_and_flattens_or_inverts_t_in_its_region(cohort: dict[str, list[Measured]]) -> None:
+    """PTB-XL's STTC without infarction: ST depression >= 0.05 mV in two or more leads of the region, the T wave
+    there flat or inverted and lower than in any normal record, a normal QRS, and no ST elevation but the
+    reciprocal one in aVR and V1."""
+    sttc, normal = patients_with(("st_t_change",)), cohort["normal"]
+    assert len({m.truth["sttc_region"] for m in sttc}) >= 2
+    not_reciprocal = tuple(lead for lead in STANDARD12 if lead not in ("avr", "v1"))
+    for m in sttc:
+        leads = m.truth["sttc_leads"]
+        assert st_depressed_leads(m, leads) >= 2, f"{m.truth['sttc_region']}: ST {np.round(m.beat.st, 2)}"
+        assert t_level(m, leads) < min(0.05, min(t_level(n, leads) for n in normal) - 0.05)
+        assert m.beat.qrs_width_s < 0.11 and st_elevated_leads(m, not_reciprocal) == 0
+    assert max(st_depressed_leads(n, not_reciprocal) for n in normal) == 0
+
+
+def test_conditions_combine_on_one_beat(cohort: dict[str, list[Measured]]) -> None:
+    """PTB-XL's commonest pairs: MI with right bundle branch block keeps the R' and broad QRS and the territory's
+    ST elevation; hypertrophy with ST/T change keeps the high voltage and adds the region's ST depression."""
+    for m in patients_with(("myocardial_infarction", "bundle_branch_block"), 4, bbb_type="right"):
+        assert m.beat.qrs_width_s >= 0.12 and st_elevated_leads(m, m.truth["mi_leads"]) >= 2
+    normal_voltage = max(np.ptp(n.beat.wave[n.beat.qrs_onset : n.beat.qrs_offset + 1], axis=0).sum()
+                         for n in cohort["normal"])
+    for m in patients_with(("hypertrophy", "st_t_change"), 4):
+        assert np.ptp(m.beat.wave[m.beat.qrs_onset : m.beat.qrs_offset + 1], axis=0).sum() > normal_voltage
+        assert st_depressed_leads(m, m.truth["sttc_leads"]) >= 2
+        assert m.truth["condition"] == "hypertrophy+st_t_change"
 
 
 def test_powerline_noise_at_the_patients_mains_frequency() -> None:

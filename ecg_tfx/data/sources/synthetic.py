@@ -8,7 +8,9 @@ by construction, also for the noise.
 
 Conditions change the beat: myocardial infarction (pathological Q waves and ST elevation in one
 territory), bundle branch block (right: late R' wave; left: broad notched R), hypertrophy (high QRS voltage
-with strain) and atrial fibrillation (irregular RR, no P waves, fibrillatory waves).
+with strain), ST/T change (ST depression and flat or inverted T waves in one region, without infarction) and
+atrial fibrillation (irregular RR, no P waves, fibrillatory waves). A patient may have several conditions
+(`synthetic_cohort`); their changes apply in that order on one beat.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import signal as sps
 
-from ecg_tfx.core.labels import SYNTHETIC_CLASSES
+from ecg_tfx.core.labels import SYNTHETIC_CONDITIONS
 from ecg_tfx.core.records import STANDARD12, Record, RecordError, RecordRef
+from ecg_tfx.data.sources.synthetic_cohort import COHORTS, patient_conditions
 
 # Dower (1980) lead vectors: the voltage of leads I, II, V1..V6 for a unit dipole along Frank X, Y, Z.
 _DOWER = np.array(
@@ -81,6 +84,25 @@ MI_TERRITORIES = {
     "lateral": ((1.0, -0.35, 0.5), ("i", "avl", "v5", "v6")),
 }
 BBB_TYPES = ("right", "left")
+# ST/T change without infarction: the direction the ST segment is depressed away from, and the leads that show
+# it (PTB-XL's ischaemic STTC statements are mostly lateral, inferolateral and anterolateral; aVR, and V1 for
+# lateral changes, show the reciprocal ST elevation, as in subendocardial ischaemia and strain).
+STTC_REGIONS = {
+    "lateral": ((1.0, 0.1, 0.0), ("i", "avl", "v5", "v6")),
+    "inferolateral": ((0.75, 0.65, 0.1), ("ii", "iii", "avf", "v5", "v6")),
+    "anterolateral": ((0.85, 0.35, -0.55), ("i", "ii", "v3", "v4", "v5", "v6")),
+}
+
+Conditions = tuple[str, ...]
+
+
+def as_conditions(condition: str | Sequence[str]) -> Conditions:
+    """One condition or several, checked and in SYNTHETIC_CONDITIONS order."""
+    wanted = {condition} if isinstance(condition, str) else set(condition)
+    unknown = sorted(wanted - set(SYNTHETIC_CONDITIONS))
+    if unknown or not wanted:
+        raise ValueError(f"unknown conditions {unknown or condition!r}; expected some of {SYNTHETIC_CONDITIONS}")
+    return tuple(c for c in SYNTHETIC_CONDITIONS if c in wanted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +121,14 @@ class PatientParams:
     resp_rate_hz: float  # drives respiratory sinus arrhythmia, QRS amplitude modulation, baseline wander
     mi_territory: str | None = None
     bbb_type: str | None = None
+    sttc_region: str | None = None
 
 
-def draw_patient(condition: str, rng: np.random.Generator) -> PatientParams:
-    """Draws one patient's parameters for a condition."""
-    _check_condition(condition)
-    rate_range = {"atrial_fibrillation": (80.0, 125.0), "hypertrophy": (55.0, 90.0)}.get(condition, (55.0, 95.0))
+def draw_patient(condition: str | Sequence[str], rng: np.random.Generator) -> PatientParams:
+    """Draws one patient's parameters for a condition or several."""
+    conditions = as_conditions(condition)
+    rate_range = (80.0, 125.0) if "atrial_fibrillation" in conditions else (
+        (55.0, 90.0) if "hypertrophy" in conditions else (55.0, 95.0))
     return PatientParams(
         heart_rate_bpm=float(rng.uniform(*rate_range)),
         axis_deg=float(np.clip(rng.normal(45.0, 18.0), -10.0, 90.0)),
@@ -116,8 +140,9 @@ def draw_patient(condition: str, rng: np.random.Generator) -> PatientParams:
         noise_level=float(rng.uniform(0.5, 1.5)),
         powerline_hz=float(rng.choice([50.0, 60.0])),
         resp_rate_hz=float(rng.uniform(0.18, 0.33)),
-        mi_territory=str(rng.choice(list(MI_TERRITORIES))) if condition == "myocardial_infarction" else None,
-        bbb_type=str(rng.choice(BBB_TYPES)) if condition == "bundle_branch_block" else None,
+        mi_territory=str(rng.choice(list(MI_TERRITORIES))) if "myocardial_infarction" in conditions else None,
+        bbb_type=str(rng.choice(BBB_TYPES)) if "bundle_branch_block" in conditions else None,
+        sttc_region=str(rng.choice(list(STTC_REGIONS))) if "st_t_change" in conditions else None,
     )
 
 
@@ -167,25 +192,30 @@ def _normal_beat(pr_interval_s: float) -> dict[str, _Wave]:
     }
 
 
-def _beat_waves(condition: str, p: PatientParams) -> dict[str, _Wave]:
-    """The template altered by the condition, before the patient's rotation and amplitude scale."""
+def _unit(vector: tuple[float, float, float]) -> np.ndarray:
+    return np.array(vector) / np.linalg.norm(vector)
+
+
+def _beat_waves(conditions: Conditions, p: PatientParams) -> dict[str, _Wave]:
+    """The template altered by the conditions (in this order), before the patient's rotation and amplitude scale."""
     waves = _normal_beat(p.pr_interval_s)
     k = 0.75 + 0.5 * p.severity  # 0.75 .. 1.25
-    if condition == "myocardial_infarction":
-        u = np.array(MI_TERRITORIES[p.mi_territory][0])
-        u /= np.linalg.norm(u)
-        r = np.array(waves["r"].vector)
-        loss = 0.35 + 0.35 * p.severity  # loss of R towards the dead muscle
-        waves["r"] = waves["r"].plus(-loss * max(float(r @ u), 0.0) * u)
-        waves["q"] = _Wave(-0.022, 0.013, tuple(-0.4 * k * u))  # pathological Q: >= 40 ms, away from the scar
-        waves["st"] = waves["st"].plus(0.35 * k * u)  # injury current: ST elevation
-        waves["t_late"] = waves["t_late"].plus(0.12 * k * u)  # hyperacute T
-    elif condition == "bundle_branch_block" and p.bbb_type == "right":
+    if "hypertrophy" in conditions:
+        # High leftward-posterior QRS voltage, slightly longer activation, strain, left atrial enlargement.
+        r = (1.0 + 0.3 * p.severity) * np.array((2.3, 0.8, 1.0))
+        strain = -r / np.linalg.norm(r)  # repolarization turned away from the thick left ventricle
+        waves["r"] = _Wave(0.0, 0.0125, tuple(r))
+        waves["s"] = _Wave(0.026, 0.0115, tuple(k * np.array((-0.2, -0.2, 1.1))))
+        waves["st"] = waves["st"].plus(0.1 * k * strain)
+        waves["t_early"] = _Wave(0.22, 0.06, tuple(0.1 * k * strain), True)
+        waves["t_late"] = _Wave(0.28, 0.045, tuple(0.25 * k * strain), True)
+        waves["p_left"] = waves["p_left"].scaled(1.8)
+    if "bundle_branch_block" in conditions and p.bbb_type == "right":
         r_prime = np.array((-0.45, -0.05, -0.75)) * k  # late, slow right-ventricular activation
         waves["r_prime"] = _Wave(0.07, 0.02, tuple(r_prime))
         waves["s"] = dataclasses.replace(waves["s"], sigma_s=0.014)
         waves["t_late"] = waves["t_late"].plus(-0.25 * r_prime)  # secondary T change, discordant to R'
-    elif condition == "bundle_branch_block":
+    elif "bundle_branch_block" in conditions:
         # Left: no septal q; slow left-ventricular activation as a broad, notched R; discordant ST-T.
         main = np.array((0.9, 0.3, 0.75))
         away = -main / np.linalg.norm(main)
@@ -196,17 +226,23 @@ def _beat_waves(condition: str, p: PatientParams) -> dict[str, _Wave]:
         waves["st"] = waves["st"].plus(0.12 * k * away)
         waves["t_early"] = _Wave(0.22, 0.06, tuple(0.1 * k * away), True)
         waves["t_late"] = _Wave(0.29, 0.06, tuple(0.25 * k * away), True)
-    elif condition == "hypertrophy":
-        # High leftward-posterior QRS voltage, slightly longer activation, strain, left atrial enlargement.
-        r = (1.0 + 0.3 * p.severity) * np.array((2.3, 0.8, 1.0))
-        strain = -r / np.linalg.norm(r)  # repolarization turned away from the thick left ventricle
-        waves["r"] = _Wave(0.0, 0.0125, tuple(r))
-        waves["s"] = _Wave(0.026, 0.0115, tuple(k * np.array((-0.2, -0.2, 1.1))))
-        waves["st"] = waves["st"].plus(0.1 * k * strain)
-        waves["t_early"] = _Wave(0.22, 0.06, tuple(0.1 * k * strain), True)
-        waves["t_late"] = _Wave(0.28, 0.045, tuple(0.25 * k * strain), True)
-        waves["p_left"] = waves["p_left"].scaled(1.8)
-    elif condition == "atrial_fibrillation":
+    if "myocardial_infarction" in conditions:
+        u = _unit(MI_TERRITORIES[p.mi_territory][0])
+        r = np.array(waves["r"].vector)
+        loss = 0.35 + 0.35 * p.severity  # loss of R towards the dead muscle
+        waves["r"] = waves["r"].plus(-loss * max(float(r @ u), 0.0) * u)
+        waves["q"] = _Wave(-0.022, 0.013, tuple(-0.4 * k * u))  # pathological Q: >= 40 ms, away from the scar
+        waves["st"] = waves["st"].plus(0.35 * k * u)  # injury current: ST elevation
+        waves["t_late"] = waves["t_late"].plus(0.12 * k * u)  # hyperacute T
+    if "st_t_change" in conditions:
+        # Ischaemia or strain without infarction: ST depressed by 0.1-0.2 mV towards the region, and the T
+        # wave's component towards it flattened (factor 1.4: about flat) or inverted (2.5: clearly negative).
+        u = _unit(STTC_REGIONS[p.sttc_region][0])
+        waves["st"] = waves["st"].plus(-(0.1 + 0.1 * p.severity) * u)
+        turn = 1.4 + 1.1 * p.severity
+        for name in ("t_early", "t_late"):
+            waves[name] = waves[name].plus(-turn * max(float(np.array(waves[name].vector) @ u), 0.0) * u)
+    if "atrial_fibrillation" in conditions:
         del waves["p_right"], waves["p_left"]
     return waves
 
@@ -234,13 +270,13 @@ def _place(waves: dict[str, _Wave], p: PatientParams) -> dict[str, _Wave]:
 
 
 def _beat_times(
-    condition: str, p: PatientParams, duration_s: float, resp_phase: float, rng: np.random.Generator
+    conditions: Conditions, p: PatientParams, duration_s: float, resp_phase: float, rng: np.random.Generator
 ) -> np.ndarray:
     """R-wave times (s) from before the record starts to 1 s after it ends: sinus rhythm modulated by Mayer
     waves (~0.1 Hz) and respiratory sinus arrhythmia, or the irregular ventricular response of AF."""
     mean_rr = 60.0 / p.heart_rate_bpm
     start = -0.4 - rng.uniform(0.0, mean_rr)
-    if condition == "atrial_fibrillation":
+    if "atrial_fibrillation" in conditions:
         n = int(np.ceil((duration_s - start + 1.0) / 0.3)) + 1  # enough even if every RR is the 0.3 s minimum
         times = start + np.concatenate([[0.0], np.cumsum(np.maximum(mean_rr * rng.lognormal(-0.025, 0.22, n), 0.3))])
         return times[: np.searchsorted(times, duration_s + 1.0) + 1]
@@ -327,31 +363,33 @@ def _qrs_extent(waves: dict[str, _Wave]) -> tuple[float, float]:
 
 
 def synthesize(
-    condition: str,
+    condition: str | Sequence[str],
     duration_s: float,
     sample_rate_hz: float,
     rng: np.random.Generator,
     params: PatientParams | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """One record: signal [time, 12] float32 mV in STANDARD12 order, and the ground truth that made it.
+    """One record of a condition or several: signal [time, 12] float32 mV in STANDARD12 order, and the ground
+    truth that made it.
 
     `params` defaults to a fresh patient drawn from `rng`. The truth holds heart_rate_bpm, r_peak_times_s
     (R-wave centres inside the record), rr_intervals_s, qrs_width_s, qt_interval_s (at the mean RR), the
-    condition, mi_territory / mi_leads, bbb_type, axis_deg and powerline_hz.
+    conditions (and `condition`: their names joined by '+'), mi_territory / mi_leads, bbb_type, sttc_region /
+    sttc_leads, axis_deg and powerline_hz.
     """
-    _check_condition(condition)
+    conditions = as_conditions(condition)
     if duration_s <= 0 or sample_rate_hz <= 0:
         raise ValueError(f"duration_s and sample_rate_hz must be positive, got {duration_s}, {sample_rate_hz}")
-    p = params if params is not None else draw_patient(condition, rng)
+    p = params if params is not None else draw_patient(conditions, rng)
     n = max(int(round(duration_s * sample_rate_hz)), 1)
     t = np.arange(n) / sample_rate_hz
-    waves = _place(_beat_waves(condition, p), p)
+    waves = _place(_beat_waves(conditions, p), p)
 
     resp_phase = rng.uniform(0.0, 2 * np.pi)  # one breathing cycle drives RSA, QRS gain and baseline wander
-    r_times = _beat_times(condition, p, duration_s, resp_phase, rng)
+    r_times = _beat_times(conditions, p, duration_s, resp_phase, rng)
     beat_gain = 1.0 + 0.05 * np.sin(2 * np.pi * p.resp_rate_hz * r_times + resp_phase)  # breathing moves the heart
     dipole = _render(waves, r_times, beat_gain, p, n, sample_rate_hz)
-    if condition == "atrial_fibrillation":
+    if "atrial_fibrillation" in conditions:
         dipole += p.amplitude_scale * _fibrillatory_dipole(t, sample_rate_hz, p.severity, rng)
     electrodes = dipole @ ELECTRODE_VECTORS + _electrode_noise(t, sample_rate_hz, p, resp_phase, rng)
     signal = (electrodes @ ELECTRODES_TO_LEADS).astype(np.float32)
@@ -363,7 +401,8 @@ def synthesize(
     t_late = waves["t_late"]
     qt_factor = p.qt_scale * np.cbrt(mean_rr)
     truth = {
-        "condition": condition,
+        "condition": "+".join(conditions),
+        "conditions": conditions,
         "heart_rate_bpm": 60.0 / mean_rr,
         "r_peak_times_s": inside,
         "rr_intervals_s": rr,
@@ -372,24 +411,22 @@ def synthesize(
         "mi_territory": p.mi_territory,
         "mi_leads": MI_TERRITORIES[p.mi_territory][1] if p.mi_territory else (),
         "bbb_type": p.bbb_type,
+        "sttc_region": p.sttc_region,
+        "sttc_leads": STTC_REGIONS[p.sttc_region][1] if p.sttc_region else (),
         "axis_deg": p.axis_deg,
         "powerline_hz": p.powerline_hz,
     }
     return signal, truth
 
 
-def _check_condition(condition: str) -> None:
-    if condition not in SYNTHETIC_CLASSES:
-        raise ValueError(f"unknown condition {condition!r}; expected one of {SYNTHETIC_CLASSES}")
-
-
 _RECORD_ID = re.compile(r"p(\d+)_r(\d+)")
 
 
 class SyntheticSource:
-    """Synthetic patients with several records each; conditions assigned round-robin over patients.
+    """Synthetic patients with several records each; `cohort` (the label preset's name) decides each patient's
+    conditions (`synthetic_cohort`), and the record's labels are those condition names.
 
-    Every record is a pure function of (seed, record_id), so any process loads the same bytes in any order.
+    Every record is a pure function of (seed, cohort, record_id), so any process loads the same bytes in any order.
     """
 
     name = "synthetic"
@@ -401,6 +438,7 @@ class SyntheticSource:
         duration_s: float = 20.0,
         sample_rate_hz: float = 500.0,
         seed: int = 0,
+        cohort: str = "conditions",
     ):
         if num_patients < 1 or records_per_patient < 1:
             raise ValueError(
@@ -412,20 +450,22 @@ class SyntheticSource:
         self.records_per_patient = records_per_patient
         self.duration_s = float(duration_s)
         self.sample_rate_hz = float(sample_rate_hz)
+        if cohort not in COHORTS:
+            raise ValueError(f"unknown synthetic cohort {cohort!r}; expected one of {COHORTS}")
         self.seed = seed
+        self.cohort = cohort
         self._patient_digits = max(4, len(str(num_patients - 1)))
         self._record_digits = len(str(records_per_patient - 1))
 
-    def condition(self, patient: int) -> str:
-        """Round-robin over SYNTHETIC_CLASSES, so classes stay balanced at the patient level."""
-        return SYNTHETIC_CLASSES[patient % len(SYNTHETIC_CLASSES)]
+    def conditions(self, patient: int) -> Conditions:
+        return patient_conditions(self.cohort, self.seed, patient)
 
     def _ref(self, patient: int, record: int) -> RecordRef:
         patient_id = f"p{patient:0{self._patient_digits}d}"
         return RecordRef(
             record_id=f"{patient_id}_r{record:0{self._record_digits}d}",
             patient_id=patient_id,
-            labels=(self.condition(patient),),
+            labels=self.conditions(patient),
             leads=STANDARD12,
             sample_rate_hz=self.sample_rate_hz,
             duration_s=self.duration_s,
@@ -444,10 +484,10 @@ class SyntheticSource:
 
     def synthesize(self, patient: int, record: int) -> tuple[np.ndarray, dict]:
         """The signal and ground truth of one record (patient traits from the patient seed, jitter per record)."""
-        condition = self.condition(patient)
-        params = draw_patient(condition, np.random.default_rng([self.seed, patient, 0]))
+        conditions = self.conditions(patient)
+        params = draw_patient(conditions, np.random.default_rng([self.seed, patient, 0]))
         rng = np.random.default_rng([self.seed, patient, record + 1])  # 0 is the patient's own stream
-        return synthesize(condition, self.duration_s, self.sample_rate_hz, rng, vary(params, rng))
+        return synthesize(conditions, self.duration_s, self.sample_rate_hz, rng, vary(params, rng))
 
     def _parse(self, record_id: str) -> tuple[int, int]:
         match = _RECORD_ID.fullmatch(record_id)
