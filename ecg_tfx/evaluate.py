@@ -5,6 +5,12 @@
 
 Several run folders are scored as their seed ensemble (the mean of their probabilities, as `export` serves it),
 with the decision `export --data_dir` fits for it on the validation split (written to <out_dir>/decision.json).
+
+Data of another source than the run trained on is scored zero-shot (the realism score of a run trained on
+synthetic ECGs, on real PTB-XL records converted with the same classes, leads, rate and window):
+
+    python -m ecg_tfx.evaluate --run_dir=workspace/runs/synthetic_superdiagnostic \
+        --data_dir=workspace/tfrecords/ptbxl_100hz      # -> <run_dir>/zero_shot_ptbxl_test/
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from ecg_tfx.core.manifest import SPLITS, Manifest
 from ecg_tfx.core.run_folder import CHECKPOINTS, RunFolder
 from ecg_tfx.evaluation import plots
 from ecg_tfx.evaluation.decision import Decision
-from ecg_tfx.evaluation.evaluate import evaluate, fit_decision, summary
+from ecg_tfx.evaluation.evaluate import evaluate, fit_decision, summary, trained_source
 
 _RUN_DIR = flags.DEFINE_list("run_dir", None, "Training run folder (model.keras, best.keras, model_spec.json), "
                              "or a comma-separated list of runs of one task: their seed ensemble (needs --out_dir).")
@@ -28,8 +34,9 @@ _SPLIT = flags.DEFINE_enum("split", "test", list(SPLITS), "Split to evaluate.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "final", list(CHECKPOINTS),
                                 "final = model.keras (what training evaluated and exported), best = best.keras.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "", "Where outputs go; default as train writes them: the run folder for "
-                               "test, <run_dir>/<split> otherwise, under <run_dir>/best for --checkpoint=best. "
-                               "Required for an ensemble.")
+                               "test, <run_dir>/<split> otherwise, under <run_dir>/best for --checkpoint=best; "
+                               "<run_dir>/zero_shot_<source>_<split> for data of another source than the run "
+                               "trained on. Required for an ensemble.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Windows per batch.", lower_bound=1)
 
 flags.mark_flags_as_required(["run_dir", "data_dir"])
@@ -54,12 +61,16 @@ def main(argv: list[str]) -> None:
     try:
         members, spec = load_runs(_RUN_DIR.value, _CHECKPOINT.value)
         model = average(members)
-        out_dir = _OUT_DIR.value or runs[0].evaluation_dir(_SPLIT.value, _CHECKPOINT.value)
+        trained_on = trained_source(runs[0])
+        trained_on = trained_on if trained_on not in (None, manifest.source) else None  # None: the run's own kind
+        out_dir = _OUT_DIR.value or (runs[0].zero_shot_dir(manifest.source, _SPLIT.value, _CHECKPOINT.value)
+                                     if trained_on else runs[0].evaluation_dir(_SPLIT.value, _CHECKPOINT.value))
         if len(runs) > 1:  # the decision an ensemble's export fits (its members' do not apply to their mean)
             decision = fit_decision(model, spec, _DATA_DIR.value, manifest, _BATCH_SIZE.value)
         else:
             decision = Decision.load(runs[0].decision) if tf.io.gfile.exists(runs[0].decision) else None  # defaults
-        result = evaluate(model, spec, _DATA_DIR.value, manifest, _SPLIT.value, out_dir, _BATCH_SIZE.value, decision)
+        result = evaluate(model, spec, _DATA_DIR.value, manifest, _SPLIT.value, out_dir, _BATCH_SIZE.value, decision,
+                          trained_on)
     except ValueError as error:
         sys.exit(f"error: {error}")
     if len(runs) > 1:

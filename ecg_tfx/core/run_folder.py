@@ -81,3 +81,9 @@ class RunFolder:
         """Where an evaluation goes: test in the folder itself, other splits in <split>/; best.keras's under best/."""
         base = self.path if checkpoint == "final" else self.file("best")
         return base if split == "test" else storage.join(base, split)
+
+    def zero_shot_dir(self, source: str, split: str, checkpoint: str = "final") -> str:
+        """Where an evaluation on another source's data goes (a run trained on synthetic ECGs scoring real
+        ones): zero_shot_<source>_<split>/, under best/ for best.keras, so it never replaces the run's own."""
+        base = self.path if checkpoint == "final" else self.file("best")
+        return storage.join(base, f"zero_shot_{source}_{split}")

@@ -191,7 +191,8 @@ def assess(decision: Decision, labels: Sequence[str], targets: np.ndarray, proba
             "inconclusive": int((~answered).sum()),
             "accuracy_answered": float(right[answered].mean()) if answered.any() else None,
         },
-        "confidence_intervals": bootstrap.confidence_intervals(targets, calibrated, present, decision.multi_label),
+        "confidence_intervals": bootstrap.confidence_intervals(targets, calibrated, present, decision.multi_label,
+                                                               labels),
     }
 
 

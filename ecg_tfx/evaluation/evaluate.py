@@ -7,6 +7,10 @@ predictions.csv / record_predictions.csv (one row per window / record, for error
 also holds bootstrap 95% CIs (`record.confidence_intervals`) and the served decision's assessment (`decision`:
 calibration ECE before/after, thresholded per-class metrics, abstention, its CIs), drawn in reliability.png and
 coverage.png.
+
+Zero-shot: data of another source than the run trained on (a run on synthetic ECGs scoring real PTB-XL records)
+is scored the same way when it has the model's classes, leads, rate and window (`Manifest.check_compatible`);
+metrics.json then says so (`zero_shot`), and its per-class ROC AUCs with their bootstrap CIs are the realism score.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tensorflow as tf
 from ecg_tfx.core import storage
 from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec, window_probabilities
+from ecg_tfx.core.run_folder import RunFolder
 from ecg_tfx.data.input_pipeline import make_dataset
 from ecg_tfx.evaluation import decision as decisions
 from ecg_tfx.evaluation import plots
@@ -103,11 +108,24 @@ def fit_decision(model, spec: ModelSpec, data_dir: str, manifest: Manifest, batc
     return decisions.fit(probabilities, targets, spec.multi_label, "validation", target_accuracy)
 
 
+def trained_source(run: RunFolder) -> str | None:
+    """The source of the data a run trained on (its run_info.json's data_dir's manifest); None when unknown."""
+    if not tf.io.gfile.exists(run.run_info):
+        return None
+    data_dir = storage.read_json(run.run_info).get("data_dir")
+    try:
+        return Manifest.load(data_dir).source if data_dir else None
+    except (OSError, ValueError, tf.errors.OpError):
+        return None
+
+
 def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: str, out_dir: str,
-             batch_size: int = 64, decision: Decision | None = None) -> dict:
+             batch_size: int = 64, decision: Decision | None = None, trained_on: str | None = None) -> dict:
     """Scores `split` per window and per record, writes all outputs into `out_dir`, returns metrics.json's dict.
 
     `decision` is what the export serves (fitted on validation); None assesses the defaults (argmax / 0.5).
+    `trained_on`, the source of the model's training data when it differs from this data's, marks the
+    evaluation as zero-shot.
     """
     manifest.check_compatible(spec)
     decision = decision or Decision.default(len(spec.labels), spec.multi_label)
@@ -117,7 +135,8 @@ def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: s
     record = compute_metrics(record_targets, record_probabilities, spec.labels, spec.multi_label)
     record["confidence_intervals"] = confidence_intervals(  # of the metrics above: argmax or THRESHOLD
         record_targets, record_probabilities,
-        Decision.default(len(spec.labels), spec.multi_label).present(record_probabilities), spec.multi_label)
+        Decision.default(len(spec.labels), spec.multi_label).present(record_probabilities), spec.multi_label,
+        spec.labels)
     result = {
         "split": split,
         "examples": len(predictions.record_ids),
@@ -126,6 +145,9 @@ def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: s
         "record": record,
         "decision": decisions.assess(decision, spec.labels, record_targets, record_probabilities),
     }
+    if trained_on is not None:
+        result["zero_shot"] = {"trained_on": trained_on, "source": manifest.source, "label_preset":
+                               manifest.label_preset, "data_dir": data_dir}
     tf.io.gfile.makedirs(out_dir)
     storage.write_json(storage.join(out_dir, "metrics.json"), result)
     storage.write_bytes(storage.join(out_dir, "classification_report.txt"), _report(result).encode())
@@ -218,6 +240,21 @@ def _report(result: dict) -> str:
                    for level, title in (("window", windows), ("record", records)))
 
 
+def _realism(result: dict) -> str:
+    """The zero-shot line: macro and per-class record ROC AUC with 95% CIs."""
+    record, about = result["record"], result["zero_shot"]
+    intervals = record["confidence_intervals"]
+
+    def auc(value: float | None, interval: list[float] | None) -> str:
+        shown = "n/a" if value is None else f"{value:.3f}"
+        return shown + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    per_class = "  ".join(f"{name} {auc(value, intervals['roc_auc_per_class'][name])}"
+                          for name, value in record["roc_auc_per_class"].items())
+    return (f"  zero-shot on {about['source']} (trained on {about['trained_on']}): record ROC AUC macro "
+            f"{auc(record['roc_auc_macro'], intervals['roc_auc_macro'])}; {per_class}")
+
+
 def summary(result: dict, out_dir: str) -> str:
     """A few headline numbers per level, for the terminal."""
     keys = ("accuracy", "subset_accuracy", "hamming_loss", "roc_auc_macro", "sensitivity", "specificity")
@@ -236,6 +273,8 @@ def summary(result: dict, out_dir: str) -> str:
         if key in ("roc_auc_macro", "f1_macro", "accuracy") and value))
     answered = abstention["accuracy_answered"]
     answered = "n/a" if answered is None else f"{answered:.3f}"
+    if "zero_shot" in result:
+        lines.append(_realism(result))
     lines.append(f"  decision: ECE {assessed['ece_before']:.3f} -> {assessed['ece_after']:.3f} calibrated, "
                  f"macro F1 {assessed['f1_macro'] or 0:.3f}, coverage {abstention['coverage']:.1%} at confidence >= "
                  f"{abstention['threshold']:.3f} (accuracy answered {answered})")
