@@ -17,7 +17,7 @@ from scipy import signal as sps
 
 from ecg_tfx.core.labels import SYNTHETIC_CLASSES, SYNTHETIC_CONDITIONS
 from ecg_tfx.core.records import STANDARD12, RecordError
-from ecg_tfx.data.sources.synthetic import SyntheticSource, draw_patient, synthesize
+from ecg_tfx.data.sources.synthetic import MI_TERRITORIES, SyntheticSource, draw_patient, synthesize
 
 FS = 500.0
 DURATION_S = 20.0
@@ -319,6 +319,38 @@ def test_myocardial_infarction_elevates_st_in_its_territory(cohort: dict[str, li
         assert np.sum(st[leads] >= 0.1) >= 2, f"{m.truth['mi_territory']}: ST {np.round(st[leads], 2)}"
         assert st[leads].mean() > max(normal_max, st[others].mean() + 0.1)
     assert len(territories) >= 2
+
+
+def q_depth(m: Measured, leads: tuple[str, ...]) -> float:
+    """Mean over `leads` of the deepest point in the QRS's first 40 ms below the PR segment, mV (> 0: a Q wave)."""
+    start = m.beat.qrs_onset
+    baseline = m.beat.level(-0.02, -0.005, start)
+    return float(-(m.beat.wave[start : start + int(0.04 * FS)] - baseline).min(axis=0)[[LEAD[x] for x in leads]].mean())
+
+
+def r_height(m: Measured, leads: tuple[str, ...]) -> float:
+    """Mean over `leads` of the QRS maximum above the PR segment, mV."""
+    baseline = m.beat.level(-0.02, -0.005, m.beat.qrs_onset)
+    qrs = m.beat.wave[m.beat.qrs_onset : m.beat.qrs_offset + 1] - baseline
+    return float(qrs.max(axis=0)[[LEAD[x] for x in leads]].mean())
+
+
+def test_old_myocardial_infarction_leaves_q_waves_lost_r_and_lower_t_without_st_elevation() -> None:
+    """PTB-XL's MI records are established infarcts: against NORM, deep Q and small R in the territory's leads,
+    T lower there, ST as in normal records. Each old infarct is compared with its patient's own beat without it
+    (the same parameters, rhythm and noise)."""
+    for territory in ("inferior", "anterior"):
+        leads = MI_TERRITORIES[territory][1]
+        for patient in range(4):
+            p = draw_patient("myocardial_infarction", np.random.default_rng([11, patient, 8]), "old")
+            p = dataclasses.replace(p, mi_territory=territory)
+            mi, twin = (measure(*synthesize(c, DURATION_S, FS, np.random.default_rng([12, patient]), p))
+                        for c in ("myocardial_infarction", "normal"))
+            assert mi.truth["mi_phase"] == "old"
+            assert q_depth(mi, leads) > q_depth(twin, leads) + 0.1, territory
+            assert r_height(mi, leads) < 0.75 * r_height(twin, leads), territory
+            assert t_level(mi, leads) < t_level(twin, leads) - 0.02, territory
+            assert st_elevated_leads(mi, leads) < 2, territory
 
 
 def test_hypertrophy_has_high_voltage_and_strain(cohort: dict[str, list[Measured]]) -> None:

@@ -6,10 +6,11 @@ electrodes with the Dower lead vectors, noise is added per electrode, and the 12
 electrodes exactly as an electrocardiograph does. Einthoven's and Goldberger's relations therefore hold
 by construction, also for the noise.
 
-Conditions change the beat: myocardial infarction (pathological Q waves and ST elevation in one
-territory), bundle branch block (right: late R' wave; left: broad notched R), hypertrophy (high QRS voltage
-with strain), ST/T change (ST depression and flat or inverted T waves in one region, without infarction) and
-atrial fibrillation (irregular RR, no P waves, fibrillatory waves). A patient may have several conditions
+Conditions change the beat: myocardial infarction in one territory (acute: pathological Q waves and ST
+elevation; old: Q waves, lost R and flat or inverted T waves without ST elevation, as PTB-XL's MI records),
+bundle branch block (right: late R' wave; left: broad notched R), hypertrophy (high QRS voltage with strain),
+ST/T change (ST depression and flat or inverted T waves in one region, without infarction) and atrial
+fibrillation (irregular RR, no P waves, fibrillatory waves). A patient may have several conditions
 (`synthetic_cohort`); their changes apply in that order on one beat.
 """
 
@@ -25,7 +26,7 @@ from scipy import signal as sps
 
 from ecg_tfx.core.labels import SYNTHETIC_CONDITIONS
 from ecg_tfx.core.records import STANDARD12, Record, RecordError, RecordRef
-from ecg_tfx.data.sources.synthetic_cohort import COHORTS, patient_conditions
+from ecg_tfx.data.sources.synthetic_cohort import COHORTS, MI_DRAW, patient_conditions
 
 # Dower (1980) lead vectors: the voltage of leads I, II, V1..V6 for a unit dipole along Frank X, Y, Z.
 _DOWER = np.array(
@@ -80,9 +81,14 @@ LEAD_VECTORS = ELECTRODE_VECTORS @ ELECTRODES_TO_LEADS  # [3, 12]: dipole -> 12 
 # Anatomical direction of each infarct territory (the injury current points towards it) and its leads.
 MI_TERRITORIES = {
     "inferior": ((0.0, 1.0, 0.1), ("ii", "iii", "avf")),
-    "anterior": ((0.25, 0.0, -1.0), ("v1", "v2", "v3", "v4")),
+    "anterior": ((0.6, 0.0, -1.0), ("v1", "v2", "v3", "v4")),
     "lateral": ((1.0, -0.35, 0.5), ("i", "avl", "v5", "v6")),
 }
+MI_PHASES = ("acute", "old")
+# How far an old infarct turns the T wave away from its territory (`_turn_t_away`, plus up to 0.6 with severity):
+# chosen so the median T and ST of the lead groups match those of PTB-XL records 1-400 (IMI: T in II and aVF about
+# half of NORM's; ASMI: T in V2-V3 two thirds of NORM's); lateral (5 records there) in between.
+_OLD_MI_T_TURN = {"inferior": 0.8, "anterior": 0.4, "lateral": 0.6}
 BBB_TYPES = ("right", "left")
 # ST/T change without infarction: the direction the ST segment is depressed away from, and the leads that show
 # it (PTB-XL's ischaemic STTC statements are mostly lateral, inferolateral and anterolateral; aVR, and V1 for
@@ -120,12 +126,21 @@ class PatientParams:
     powerline_hz: float  # 50 or 60
     resp_rate_hz: float  # drives respiratory sinus arrhythmia, QRS amplitude modulation, baseline wander
     mi_territory: str | None = None
+    mi_phase: str = "acute"  # or "old": an established infarct (MI_PHASES)
     bbb_type: str | None = None
     sttc_region: str | None = None
 
 
-def draw_patient(condition: str | Sequence[str], rng: np.random.Generator) -> PatientParams:
-    """Draws one patient's parameters for a condition or several."""
+def draw_patient(
+    condition: str | Sequence[str],
+    rng: np.random.Generator,
+    mi_phase: str = "acute",
+    mi_territory_weights: dict[str, float] | None = None,
+) -> PatientParams:
+    """Draws one patient's parameters for a condition or several; an infarct is in `mi_phase`, in a territory
+    drawn with `mi_territory_weights` (default: each equally likely)."""
+    if mi_phase not in MI_PHASES:
+        raise ValueError(f"mi_phase must be one of {MI_PHASES}, not {mi_phase!r}")
     conditions = as_conditions(condition)
     rate_range = (80.0, 125.0) if "atrial_fibrillation" in conditions else (
         (55.0, 90.0) if "hypertrophy" in conditions else (55.0, 95.0))
@@ -140,10 +155,19 @@ def draw_patient(condition: str | Sequence[str], rng: np.random.Generator) -> Pa
         noise_level=float(rng.uniform(0.5, 1.5)),
         powerline_hz=float(rng.choice([50.0, 60.0])),
         resp_rate_hz=float(rng.uniform(0.18, 0.33)),
-        mi_territory=str(rng.choice(list(MI_TERRITORIES))) if "myocardial_infarction" in conditions else None,
+        mi_territory=_territory(rng, mi_territory_weights) if "myocardial_infarction" in conditions else None,
+        mi_phase=mi_phase,
         bbb_type=str(rng.choice(BBB_TYPES)) if "bundle_branch_block" in conditions else None,
         sttc_region=str(rng.choice(list(STTC_REGIONS))) if "st_t_change" in conditions else None,
     )
+
+
+def _territory(rng: np.random.Generator, weights: dict[str, float] | None) -> str:
+    if weights is None:
+        return str(rng.choice(list(MI_TERRITORIES)))
+    names = list(MI_TERRITORIES)
+    p = np.array([weights.get(name, 0.0) for name in names])
+    return str(rng.choice(names, p=p / p.sum()))
 
 
 def vary(params: PatientParams, rng: np.random.Generator) -> PatientParams:
@@ -196,6 +220,12 @@ def _unit(vector: tuple[float, float, float]) -> np.ndarray:
     return np.array(vector) / np.linalg.norm(vector)
 
 
+def _turn_t_away(waves: dict[str, _Wave], u: np.ndarray, turn: float) -> None:
+    """Removes `turn` times the T wave's component towards unit vector `u` (1: flat there, 2: mirrored)."""
+    for name in ("t_early", "t_late"):
+        waves[name] = waves[name].plus(-turn * max(float(np.array(waves[name].vector) @ u), 0.0) * u)
+
+
 def _beat_waves(conditions: Conditions, p: PatientParams) -> dict[str, _Wave]:
     """The template altered by the conditions (in this order), before the patient's rotation and amplitude scale."""
     waves = _normal_beat(p.pr_interval_s)
@@ -226,7 +256,7 @@ def _beat_waves(conditions: Conditions, p: PatientParams) -> dict[str, _Wave]:
         waves["st"] = waves["st"].plus(0.12 * k * away)
         waves["t_early"] = _Wave(0.22, 0.06, tuple(0.1 * k * away), True)
         waves["t_late"] = _Wave(0.29, 0.06, tuple(0.25 * k * away), True)
-    if "myocardial_infarction" in conditions:
+    if "myocardial_infarction" in conditions and p.mi_phase == "acute":
         u = _unit(MI_TERRITORIES[p.mi_territory][0])
         r = np.array(waves["r"].vector)
         loss = 0.35 + 0.35 * p.severity  # loss of R towards the dead muscle
@@ -234,14 +264,21 @@ def _beat_waves(conditions: Conditions, p: PatientParams) -> dict[str, _Wave]:
         waves["q"] = _Wave(-0.022, 0.013, tuple(-0.4 * k * u))  # pathological Q: >= 40 ms, away from the scar
         waves["st"] = waves["st"].plus(0.35 * k * u)  # injury current: ST elevation
         waves["t_late"] = waves["t_late"].plus(0.12 * k * u)  # hyperacute T
+    elif "myocardial_infarction" in conditions:
+        # An established infarct (PTB-XL's MI records against NORM: deep Q and lost R in the territory, its T
+        # wave flattened, ST as in normal records): most of the R towards the scar gone, a wide Q away from it.
+        u = _unit(MI_TERRITORIES[p.mi_territory][0])
+        r = np.array(waves["r"].vector)
+        waves["r"] = waves["r"].plus(-(0.6 + 0.3 * p.severity) * max(float(r @ u), 0.0) * u)
+        waves["q"] = _Wave(-0.02, 0.010, tuple(-0.45 * k * u))
+        waves["st"] = waves["st"].plus(0.03 * k * u)  # at most a small residual elevation
+        _turn_t_away(waves, u, _OLD_MI_T_TURN[p.mi_territory] + 0.6 * p.severity)
     if "st_t_change" in conditions:
         # Ischaemia or strain without infarction: ST depressed by 0.1-0.2 mV towards the region, and the T
         # wave's component towards it flattened (factor 1.4: about flat) or inverted (2.5: clearly negative).
         u = _unit(STTC_REGIONS[p.sttc_region][0])
         waves["st"] = waves["st"].plus(-(0.1 + 0.1 * p.severity) * u)
-        turn = 1.4 + 1.1 * p.severity
-        for name in ("t_early", "t_late"):
-            waves[name] = waves[name].plus(-turn * max(float(np.array(waves[name].vector) @ u), 0.0) * u)
+        _turn_t_away(waves, u, 1.4 + 1.1 * p.severity)
     if "atrial_fibrillation" in conditions:
         del waves["p_right"], waves["p_left"]
     return waves
@@ -374,7 +411,7 @@ def synthesize(
 
     `params` defaults to a fresh patient drawn from `rng`. The truth holds heart_rate_bpm, r_peak_times_s
     (R-wave centres inside the record), rr_intervals_s, qrs_width_s, qt_interval_s (at the mean RR), the
-    conditions (and `condition`: their names joined by '+'), mi_territory / mi_leads, bbb_type, sttc_region /
+    conditions (and `condition`: their names joined by '+'), mi_territory / mi_phase / mi_leads, bbb_type, sttc_region /
     sttc_leads, axis_deg and powerline_hz.
     """
     conditions = as_conditions(condition)
@@ -409,6 +446,7 @@ def synthesize(
         "qrs_width_s": offset - onset,
         "qt_interval_s": (t_late.offset_s + 2.5 * t_late.sigma_s) * qt_factor - onset,
         "mi_territory": p.mi_territory,
+        "mi_phase": p.mi_phase if p.mi_territory else None,
         "mi_leads": MI_TERRITORIES[p.mi_territory][1] if p.mi_territory else (),
         "bbb_type": p.bbb_type,
         "sttc_region": p.sttc_region,
@@ -485,7 +523,7 @@ class SyntheticSource:
     def synthesize(self, patient: int, record: int) -> tuple[np.ndarray, dict]:
         """The signal and ground truth of one record (patient traits from the patient seed, jitter per record)."""
         conditions = self.conditions(patient)
-        params = draw_patient(conditions, np.random.default_rng([self.seed, patient, 0]))
+        params = draw_patient(conditions, np.random.default_rng([self.seed, patient, 0]), *MI_DRAW[self.cohort])
         rng = np.random.default_rng([self.seed, patient, record + 1])  # 0 is the patient's own stream
         return synthesize(conditions, self.duration_s, self.sample_rate_hz, rng, vary(params, rng))
 

@@ -46,6 +46,16 @@ PTBXL_SUBSET_COMBINATIONS: dict[tuple[str, ...], int] = {
 # AFIB (scp_codes) in 7 of the subset's 147 labelled records without NORM; AF is drawn for those patients only.
 AF_AMONG_ABNORMAL = 7 / 147
 
+# How a cohort's infarcts look: (phase, territory weights). None of the subset's 53 MI records has an acute
+# subendocardial-injury statement (INJAS, INJAL, INJIN, INJLA, INJIL), and their median ST level equals NORM's,
+# so the superdiagnostic cohort's infarcts are old; its territories weigh the subset's statements: inferior (IMI,
+# ILMI) 29, anterior (ASMI, AMI) 30, lateral (ALMI, LMI) 5. The demo's `conditions` keeps acute ST-elevation
+# infarcts in three equally likely territories.
+MI_DRAW: dict[str, tuple[str, dict[str, float] | None]] = {
+    "conditions": ("acute", None),
+    "superdiagnostic": ("old", {"inferior": 29, "anterior": 30, "lateral": 5}),
+}
+
 _CONDITION_OF = {superclass: condition for condition, superclass in SYNTHETIC_SUPERCLASS.items() if superclass}
 _WEYL = (0.6180339887498949, 0.41421356237309515)  # golden ratio - 1, sqrt(2) - 1: rationally independent
 _OFFSET_KEY = 17  # SeedSequence spawn key of the offsets: a stream no patient or record uses
