@@ -57,6 +57,15 @@ _WARMUP_EPOCHS = flags.DEFINE_integer(
     "Epochs before the best model may be chosen (a noisy early epoch is not kept).", lower_bound=0)
 _LR_PATIENCE = flags.DEFINE_integer("lr_patience", _DEFAULTS.lr_patience,
                                     "Epochs without improvement before the LR is cut.", lower_bound=1)
+# Warm start from a pretrained run.
+_INIT_FROM = flags.DEFINE_string(
+    "init_from", _DEFAULTS.init_from, "Start from this finished run's model.keras (same --model, leads, sample rate "
+    "and input length). Same classes: every weight is copied; other classes: the body is, and a new head is built.")
+_FREEZE_EPOCHS = flags.DEFINE_integer("freeze_epochs", _DEFAULTS.freeze_epochs,
+                                      "With --init_from: the body is frozen for the first N epochs.", lower_bound=0)
+_BODY_LR_FACTOR = flags.DEFINE_float("body_lr_factor", _DEFAULTS.body_lr_factor,
+                                     "With --init_from: the body learns at this fraction of the learning rate (and "
+                                     "schedule); the head at the full rate.", lower_bound=0.0)
 # Windows and preprocessing (the same in serving).
 _INPUT_SECONDS = flags.DEFINE_float(
     "input_seconds", _DEFAULTS.input_seconds, "Model input length; 0 = the stored window. Training takes random "
@@ -112,7 +121,8 @@ def config_from_flags() -> TrainConfig:
         batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value, lr_schedule=_LR_SCHEDULE.value,
         weight_decay=_WEIGHT_DECAY.value, dropout=_DROPOUT.value, class_weights=_CLASS_WEIGHTS.value,
         monitor=_MONITOR.value, patience=_PATIENCE.value, warmup_epochs=_WARMUP_EPOCHS.value,
-        lr_patience=_LR_PATIENCE.value, seed=_SEED.value, input_seconds=_INPUT_SECONDS.value,
+        lr_patience=_LR_PATIENCE.value, seed=_SEED.value, init_from=_INIT_FROM.value,
+        freeze_epochs=_FREEZE_EPOCHS.value, body_lr_factor=_BODY_LR_FACTOR.value, input_seconds=_INPUT_SECONDS.value,
         eval_stride_seconds=_EVAL_STRIDE_SECONDS.value, highpass_hz=_HIGHPASS_HZ.value, lowpass_hz=_LOWPASS_HZ.value,
         powerline_hz=_POWERLINE_HZ.value,
         scale_range=tuple(float(v) for v in _SCALE_RANGE.value) if _SCALE_RANGE.value else None,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import keras
 
+from ecg_tfx.models.parts import HEAD_PREFIX, OUTPUT_NAME
+
 DEFAULT_DROPOUT = 0.3
 _CONV_BLOCKS = ((64, 15), (128, 10), (256, 5), (512, 3))
 _DENSE_UNITS = (256, 128)
@@ -23,7 +25,7 @@ _DENSE_UNITS = (256, 128)
 def probability_output(x: keras.KerasTensor, num_classes: int, multi_label: bool) -> keras.KerasTensor:
     """Final Dense layer giving probabilities; float32 even under a mixed-precision policy (stable softmax/loss)."""
     activation = "sigmoid" if multi_label else "softmax"
-    return keras.layers.Dense(num_classes, activation=activation, dtype="float32", name="probabilities")(x)
+    return keras.layers.Dense(num_classes, activation=activation, dtype="float32", name=OUTPUT_NAME)(x)
 
 
 def signal_input(num_leads: int, window_samples: int | None) -> keras.KerasTensor:
@@ -50,9 +52,9 @@ def build_cnn(
         last = i == len(_CONV_BLOCKS) - 1
         x = keras.layers.GlobalAveragePooling1D()(x) if last else keras.layers.MaxPooling1D(2)(x)
         x = keras.layers.Dropout(rate)(x)
-    for units in _DENSE_UNITS:
-        x = keras.layers.Dense(units, activation="relu")(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.Dropout(rate)(x)
+    for i, units in enumerate(_DENSE_UNITS):  # the head (`models.parts`): the dense blocks and the output
+        x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense_{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"{HEAD_PREFIX}bn_{i}")(x)
+        x = keras.layers.Dropout(rate, name=f"{HEAD_PREFIX}dropout_{i}")(x)
     outputs = probability_output(x, num_classes, multi_label)
     return keras.Model(inputs, outputs, name="cnn")

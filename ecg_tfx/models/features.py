@@ -38,6 +38,7 @@ import numpy as np
 from keras import ops
 
 from ecg_tfx.models.cnn import probability_output, signal_input
+from ecg_tfx.models.parts import HEAD_PREFIX
 
 FEATURE_NAMES = (
     "heart_rate_bpm",
@@ -264,9 +265,10 @@ def build_features_model(
     inputs = signal_input(num_leads, window_samples)
     lead = default_lead_index(num_leads) if lead_index is None else lead_index
     x = ecg_features(inputs, sample_rate_hz, lead, max_beats_for(window_samples, sample_rate_hz))
-    x = keras.layers.BatchNormalization(dtype="float32")(x)
-    for units in HIDDEN_UNITS:
-        x = keras.layers.Dense(units, activation="relu")(x)
-        x = keras.layers.Dropout(rate)(x)
+    # The body (the features) learns nothing: everything trainable is the head (`models.parts`).
+    x = keras.layers.BatchNormalization(dtype="float32", name=f"{HEAD_PREFIX}bn")(x)
+    for i, units in enumerate(HIDDEN_UNITS):
+        x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense_{i}")(x)
+        x = keras.layers.Dropout(rate, name=f"{HEAD_PREFIX}dropout_{i}")(x)
     outputs = probability_output(x, num_classes, multi_label)
     return keras.Model(inputs, outputs, name="features")

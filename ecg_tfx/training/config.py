@@ -34,6 +34,10 @@ class TrainConfig:
     warmup_epochs: int = 3  # epochs before the best model may be chosen (a noisy early epoch is not kept)
     lr_patience: int = 4  # epochs without improvement before the LR is cut (plateau)
     seed: int = 0
+    # Warm start (`training.warm_start`, `training.fine_tuning`).
+    init_from: str = ""  # a finished run folder whose model.keras this run starts from; '' = a fresh model
+    freeze_epochs: int = 0  # the body is frozen for the first N epochs (needs init_from)
+    body_lr_factor: float = 1.0  # the body learns at f x the schedule's rate (needs init_from)
     # Windows and preprocessing (the same in serving).
     input_seconds: float = 0.0  # model input; 0 = the stored window (training crops it, evaluation slides it)
     eval_stride_seconds: float = 1.0  # step of the sliding test-time inputs
@@ -66,6 +70,11 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         if min(self.epochs, self.batch_size, self.patience, self.lr_patience) < 1:
             raise ValueError("epochs, batch_size, patience and lr_patience must be at least 1")
+        if self.freeze_epochs < 0 or self.body_lr_factor <= 0:
+            raise ValueError(f"freeze_epochs must be >= 0 and body_lr_factor > 0, got {self.freeze_epochs}, "
+                             f"{self.body_lr_factor}")
+        if not self.init_from and (self.freeze_epochs or self.body_lr_factor != 1):
+            raise ValueError("--freeze_epochs and --body_lr_factor fine-tune a pretrained body: they need --init_from")
         if self.scale_range is not None and not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"scale_range takes two gains low,high with 0 < low <= high, got {self.scale_range}")
 

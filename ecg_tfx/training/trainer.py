@@ -27,10 +27,13 @@ from ecg_tfx.serving.exporter import export_run
 from ecg_tfx.training import distribute
 from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger, FiniteWeights, ResumableBackup
 from ecg_tfx.training.config import TrainConfig
+from ecg_tfx.training.fine_tuning import BodyScaledAdam, BodyScaledAdamW, FreezeBody, body_variable_paths
+from ecg_tfx.training.warm_start import warm_start
 
 
 def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callback]:
-    """The divergence check, LR schedule, early stopping, best checkpoint, TensorBoard, CSV log, and last the backup.
+    """The body's freezing (--freeze_epochs), the divergence check, LR schedule, early stopping, best checkpoint,
+    TensorBoard, CSV log, and last the backup.
 
     `work_dir` is the run folder on the chief; other multi-worker workers get their own, removed at the end.
     A killed run resumes from the backup with the same best score, patience count and best weights.
@@ -46,6 +49,7 @@ def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callba
         BestCheckpoint(work.best, monitor=config.monitor, mode=mode, save_best_only=True, start_from_epoch=warmup),
     ]
     return [
+        *([FreezeBody(config.freeze_epochs)] if config.freeze_epochs else []),
         FiniteWeights(),
         *stateful,
         keras.callbacks.TensorBoard(work.logs),
@@ -54,20 +58,29 @@ def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callba
     ]
 
 
-def optimizer(config: TrainConfig, train_steps: int) -> keras.optimizers.Optimizer:
-    """Adam, or AdamW with weight decay; the learning rate follows the schedule over `train_steps` in all."""
+def optimizer(config: TrainConfig, train_steps: int, body_paths: list[str] = ()) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW with weight decay; the learning rate follows the schedule over `train_steps` in all. With
+    --body_lr_factor, the variables in `body_paths` learn at that fraction of it (`fine_tuning._BodyScaled`)."""
     rate = config.learning_rate
     if config.lr_schedule == "one_cycle":
         warmup = int(0.3 * train_steps)
         rate = keras.optimizers.schedules.CosineDecay(rate / 25, max(1, train_steps - warmup), alpha=1e-4,
                                                       warmup_target=rate, warmup_steps=warmup)
+    if config.body_lr_factor != 1:
+        scaled = dict(body_lr_factor=config.body_lr_factor, body_paths=body_paths)
+        if config.weight_decay:
+            return BodyScaledAdamW(rate, weight_decay=config.weight_decay, **scaled)
+        return BodyScaledAdam(rate, **scaled)
     if config.weight_decay:
         return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     return keras.optimizers.Adam(rate)
 
 
 def compile_model(config: TrainConfig, spec: ModelSpec, train_steps: int) -> keras.Model:
-    """The spec's architecture, compiled with the config's optimizer, the loss and accuracy/AUC metrics."""
+    """The spec's architecture, compiled with the config's optimizer, the loss and accuracy/AUC metrics.
+
+    With --freeze_epochs the optimizer is built here on every trainable variable, before `FreezeBody` hides the
+    body's (fit would build it on the head's alone, and refuse the body's later)."""
     model = build_model(spec.model, len(spec.leads), len(spec.labels), spec.multi_label, spec.sample_rate_hz,
                         spec.input_samples, config.dropout)
     if spec.multi_label:
@@ -76,7 +89,9 @@ def compile_model(config: TrainConfig, spec: ModelSpec, train_steps: int) -> ker
         loss, accuracy = "categorical_crossentropy", keras.metrics.CategoricalAccuracy(name="accuracy")
     auc = keras.metrics.AUC(name="auc", multi_label=spec.multi_label,
                             num_labels=len(spec.labels) if spec.multi_label else None)
-    model.compile(optimizer(config, train_steps), loss, metrics=[accuracy, auc])
+    model.compile(optimizer(config, train_steps, body_variable_paths(model)), loss, metrics=[accuracy, auc])
+    if config.freeze_epochs:
+        model.optimizer.build(model.trainable_variables)
     return model
 
 
@@ -145,6 +160,9 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     with strategy.scope():
         model = compile_model(config, spec, steps["train"] * config.epochs)
     info["parameters"] = model.count_params()
+    if config.init_from:  # before a resumed run's backup replaces the weights, as in the uninterrupted run
+        info["init_from"] = {**warm_start(model, spec, config.init_from), "freeze_epochs": config.freeze_epochs,
+                             "body_lr_factor": config.body_lr_factor}
     if chief:
         write_run_files(run, spec, info, flags_text)
     started = time.time()
