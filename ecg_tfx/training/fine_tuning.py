@@ -47,7 +47,9 @@ class _BodyScaled:
     The learning rate is scaled in `update_step`, not the gradient: Adam's update does not change when its
     gradients are scaled. The body's weight decay is applied there too, before the update as Keras decays the
     others, with no state changed while a step is traced (MirroredStrategy traces replicas in threads).
-    Variables are told apart by their index in the optimizer (fixed when it is built).
+    Variables are told apart by their index in the optimizer (fixed when it is built). A model.keras saved with
+    it loads anywhere with compile=False (as evaluate, export and warm starts load it); compiled, after importing
+    this module, which registers the classes.
     """
 
     def __init__(self, *args, body_lr_factor: float = 1.0, body_paths: Iterable[str] = (), **kwargs):

@@ -4,6 +4,8 @@ and the body's learning-rate factor, measured on one real step."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -121,3 +123,21 @@ def test_a_run_resumed_while_frozen_keeps_the_body_frozen(tiny_conversion, tiny_
     assert recorded["model_sha256"] == storage.sha256(str(tiny_run / "model.keras"))
     assert recorded["head"].startswith("reused") and recorded["new_layers"] == []
     assert (tmp_path / "metrics.json").is_file()  # evaluated as any run
+
+
+def test_a_warm_started_run_fine_tunes_over_two_replicas(tiny_conversion, tiny_run, tmp_path):
+    """The command over two mirrored replicas (two virtual CPUs) under mixed_bfloat16: frozen, then unfrozen at a
+    lower body rate; the final model (epoch 1, after the warm-up) has left the pretrained body."""
+    data_dir, _ = tiny_conversion
+    result = subprocess.run(
+        [sys.executable, "-m", "ecg_tfx.train", f"--data_dir={data_dir}", f"--run_dir={tmp_path}",
+         f"--init_from={tiny_run}", "--model=cnn", "--input_seconds=2.5", "--eval_stride_seconds=2.5", "--epochs=2",
+         "--batch_size=8", "--freeze_epochs=1", "--body_lr_factor=0.5", "--strategy=mirrored", "--virtual_cpus=2",
+         "--precision=mixed_bfloat16", "--export=false"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info["replicas"] == 2 and info["precision"] == "mixed_bfloat16" and info["epochs_run"] == 2
+    assert info["init_from"]["body_lr_factor"] == 0.5 and info["init_from"]["freeze_epochs"] == 1
+    pretrained = keras.saving.load_model(tiny_run / "model.keras", compile=False)
+    final = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    assert not _same(_weights(body_layers(final)), _weights(body_layers(pretrained)))
