@@ -193,6 +193,10 @@ def _next_power_of_two(n: tf.Tensor) -> tf.Tensor:
 
 
 def standardize(signal: tf.Tensor) -> tf.Tensor:
-    """Per-example, per-lead z-score over time; the std is floored at `STD_FLOOR_MV` so flat leads give 0."""
-    mean, variance = tf.nn.moments(signal, axes=[1], keepdims=True)
-    return (signal - mean) / tf.maximum(tf.sqrt(variance), STD_FLOOR_MV)
+    """Per-example, per-lead z-score over time; the std is floored at `STD_FLOOR_MV` so flat leads give 0.
+
+    The variance is the mean of the centred signal times itself (`tf.nn.moments`' value): TFLite's int16x8 mode
+    would quantize moments' SQUARED_DIFFERENCE, which has no int16 kernel in LiteRT, while MUL has one."""
+    centred = signal - tf.reduce_mean(signal, axis=1, keepdims=True)
+    variance = tf.reduce_mean(centred * centred, axis=1, keepdims=True)
+    return centred / tf.maximum(tf.sqrt(variance), STD_FLOOR_MV)
