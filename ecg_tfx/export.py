@@ -30,7 +30,7 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Base folder; the model go
 _MODEL_NAME = flags.DEFINE_string("model_name", "ecg", "Model name (TF Serving's model folder).")
 _VERSION = flags.DEFINE_integer("version", None, "Version number; default: the next free one.", lower_bound=1)
 _TFLITE = flags.DEFINE_bool("tflite", False, "Also write the TFLite variants (float32, float16, dynamic_range, "
-                            "int8, int16x8; one not usable is named so) and export_report.json.")
+                            "int8, int8_body, int16x8; one not usable is named so) and export_report.json.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Converted TFRecords: representative (train) and agreement "
                                 "(test) windows for --tflite; its validation split fits the decision of an "
                                 "ensemble (or of a run without decision.json).")

@@ -103,8 +103,8 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", _DEFAULTS.export_dir, "Where to 
 _MODEL_NAME = flags.DEFINE_string("model_name", _DEFAULTS.model_name,
                                   "Model name in the export path (TF Serving's model name).")
 _TFLITE = flags.DEFINE_bool("tflite", _DEFAULTS.tflite, "Also export the TFLite variants (float32, float16, "
-                            "dynamic_range, int8, int16x8) and print their size, latency, agreement and verdict; "
-                            "agreement is measured on the test split (see `ecg_tfx.export --tflite`).")
+                            "dynamic_range, int8, int8_body, int16x8) and print their size, latency, agreement and "
+                            "verdict; agreement is measured on the test split (see `ecg_tfx.export --tflite`).")
 
 flags.mark_flags_as_required(["data_dir", "run_dir"])
 flags.register_validator("scale_range", lambda v: not v or (len(v) == 2 and 0 < float(v[0]) <= float(v[1])),

@@ -39,7 +39,11 @@ except ImportError:  # no LiteRT wheel for this platform: TensorFlow's own (depr
 TFLITE_DIR = "tflite"
 DECISION_FILE = "decision.json"
 REPORT_FILE = "export_report.json"  # beside the SavedModel: sizes, latencies and each TFLite variant's verdict
-VARIANTS = ("float32", "float16", "dynamic_range", "int8", "int16x8")  # int16x8: int16 activations, int8 weights
+# int8: full integer, int8 I/O; int8_body: float32 preprocessing, then the int8 CNN; int16x8: int16 activations
+VARIANTS = ("float32", "float16", "dynamic_range", "int8", "int8_body", "int16x8")
+# Variants whose preprocessing computes in float32, so that the float preprocessing model times it alone.
+FLOAT_PREPROCESSING = ("float32", "float16", "dynamic_range", "int8_body")
+PREPROCESSING_SCOPE = "preprocessing"  # name scope of the window model's preprocessing ops (int8_body keeps them float)
 USABLE = "usable"
 # A variant is usable when its argmax agreement with the SavedModel (and, multi-label, each class's decision at the
 # fitted thresholds of `decision.json`) reaches MIN_AGREEMENT, the issue's target: at most one window in a hundred
@@ -60,40 +64,72 @@ def save_window_model(model: keras.Model, spec: ModelSpec, path: str) -> None:
     Written with Keras' ExportArchive: the converter cannot freeze Keras 3 variables saved by a plain
     `tf.saved_model.save` ("missing attribute 'value'", tensorflow/tensorflow#62610).
     """
+    def window_model(ecg: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.name_scope(PREPROCESSING_SCOPE):  # TFLite has no inverse FFT: the same FIR by forward FFTs
+            signal = preprocess(ecg, spec.preprocessing, method="rfft_only")
+        return {"probabilities": window_probabilities(model, signal, spec)}
+
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serving_default",
-        lambda ecg: {"probabilities": window_probabilities(  # TFLite has no inverse FFT: the same FIR
-            model, preprocess(ecg, spec.preprocessing, method="rfft_only"), spec)},
-        input_signature=[tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32, name="ecg")])
+    archive.add_endpoint("serving_default", window_model, input_signature=[
+        tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32, name="ecg")])
     archive.write_out(path, verbose=False)
+
+
+def preprocessing_model(spec: ModelSpec, method: str = "rfft_only") -> bytes:
+    """The preprocessing alone as a float32 TFLite model, [1, window_samples, leads] mV -> the standardized
+    signal: with a variant's whole-model latency, the profile of where its time goes (LiteRT's Python interpreter
+    has no op-level profiler)."""
+    signature = [tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32)]
+    function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing, method), input_signature=signature)
+    return tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function).convert()
 
 
 def convert_tflite(saved_model_dir: str, variant: str,
                    representative: Callable[[], Iterator[list[np.ndarray]]] | None = None) -> bytes:
     """TFLite flatbuffer of one of VARIANTS, builtin ops only: 'float32'; 'float16' weights (float32 compute);
-    'dynamic_range' (int8 weights, float activations); 'int8' (full integer, int8 I/O); 'int16x8' (int16
-    activations, int8 weights, float I/O). The last two calibrate on `representative` and fail rather than keep a
-    float op."""
+    'dynamic_range' (int8 weights, float activations); 'int8' (full integer, int8 I/O: fails rather than keep a
+    float op); 'int8_body' (float32 I/O and preprocessing, QUANTIZE into the int8 CNN, DEQUANTIZE out of it);
+    'int16x8' (int16 activations, int8 weights, float I/O; ops without a 16x8 kernel stay float32). The integer
+    variants calibrate on `representative`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown TFLite variant {variant!r}; one of {VARIANTS}")
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant in ("int8", "int8_body", "int16x8"):
+        converter.representative_dataset = representative
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif variant == "int8":
-        converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    elif variant == "int16x8":
-        converter.representative_dataset = representative
+    elif variant == "int8_body":
+        return _quantize_all_but_preprocessing(converter, representative)
+    elif variant == "int16x8":  # TensorFlow's documented 16x8 fallback: e.g. SELECT_V2 has no int16 kernel
         converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    elif variant not in ("float32", "dynamic_range"):
-        raise ValueError(f"unknown TFLite variant {variant!r}; one of {VARIANTS}")
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
+
+
+def _quantize_all_but_preprocessing(converter: tf.lite.TFLiteConverter,
+                                    representative: Callable[[], Iterator[list[np.ndarray]]]) -> bytes:
+    """Full-int8 quantization of every op but those under PREPROCESSING_SCOPE, which keep float32 (ECG amplitudes,
+    the FFT's spectrum and the per-lead statistics do not survive int8), with float32 input and output.
+
+    TensorFlow's selective quantization (tf.lite.experimental.QuantizationDebugger, whose options deny nodes
+    quantization): the model is calibrated once, then quantized with the preprocessing's output tensors denied.
+    """
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=representative)
+    tensors = Interpreter(model_content=debugger.calibrated_model).get_tensor_details()
+    float_nodes = sorted({t["name"] for t in tensors if f"{PREPROCESSING_SCOPE}/" in t["name"]})
+    if not float_nodes:
+        raise ValueError(f"no op of the window model is under the name scope {PREPROCESSING_SCOPE!r}")
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=float_nodes)
+    return debugger.get_nondebug_quantized_model()
 
 
 class TFLiteRunner:
@@ -163,6 +199,7 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
     one = tf.constant(serialized[:1])
     report = {
         "saved_model": {"size_bytes": _tree_size(path), "latency_ms_batch1": median_ms(lambda: saved(examples=one))},
+        "preprocessing_ms_batch1": preprocessing_latencies(spec, windows[:1]),
         "interpreter": INTERPRETER,
         "agreement_split": "test",
         "agreement_windows": len(windows),
@@ -183,38 +220,63 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
     with tempfile.TemporaryDirectory() as source:
         save_window_model(model, spec, source)
         for variant in VARIANTS:
+            started = time.perf_counter()
             try:
                 content = convert_tflite(source, variant, representative)
             except Exception as error:  # the converter raises a variety of types for ops without such kernels
                 report["tflite"][variant] = {"verdict": "conversion failed", "usable": False,
-                                             "reason": _first_line(error)}
+                                             "reason": _first_line(error),
+                                             "convert_seconds": round(time.perf_counter() - started, 1)}
                 logging.warning("!!! %s TFLite: conversion failed, no file written: %s", variant, error)
                 continue
+            seconds = round(time.perf_counter() - started, 1)
             entry = evaluate_variant(content, windows, reference, decision, min_agreement_windows)
             suffix = "" if entry["usable"] else "_" + entry["verdict"].replace(" ", "_")
             file_name = f"model_{variant}{suffix}.tflite"
             storage.write_bytes(storage.join(tflite_dir, file_name), content)
-            report["tflite"][variant] = {"file": f"{TFLITE_DIR}/{file_name}", "size_bytes": len(content), **entry}
+            report["tflite"][variant] = {"file": f"{TFLITE_DIR}/{file_name}", "size_bytes": len(content),
+                                         "convert_seconds": seconds,
+                                         "float_preprocessing": variant in FLOAT_PREPROCESSING, **entry}
             if not entry["usable"]:
                 logging.warning("!!! %s TFLite is %s: %s", variant, entry["verdict"].upper(), entry["reason"])
     return report
 
 
+def preprocessing_latencies(spec: ModelSpec, window: np.ndarray) -> dict:
+    """Batch-1 latency (ms) of the preprocessing alone on `window` [1, window_samples, leads] mV: the float32
+    TFLite preprocessing (`preprocessing_model`) on each of LATENCY_THREADS, and TensorFlow's (the SavedModel's
+    FFT FIR). A variant with float preprocessing spends the rest of its latency in its CNN body."""
+    content = preprocessing_model(spec)
+    runners = {str(threads): TFLiteRunner(content, threads) for threads in LATENCY_THREADS}
+    tflite = {threads: median_ms(lambda r=runner: r(window)) for threads, runner in runners.items()}
+    function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing),
+                           input_signature=[tf.TensorSpec(window.shape, tf.float32)])
+    return {"tflite_float32": tflite, "tensorflow": median_ms(lambda: function(tf.constant(window)))}
+
+
 def summary_lines(report: dict) -> list[str]:
     """An `export_report.json` as a table, one row per TFLite variant: file size (MB), batch-1 latency (ms) on 1
-    and 2 interpreter threads, argmax agreement with the SavedModel and the verdict (with its reason unless usable);
-    a header line says on how many windows agreement was measured and the SavedModel's own size and latency."""
-    saved = report["saved_model"]
+    and 2 interpreter threads, the CNN body's share of the 1-thread latency (variants with float preprocessing:
+    their latency minus the preprocessing's alone), argmax agreement with the SavedModel and the verdict (with its
+    reason unless usable); header lines say on how many windows agreement was measured, the SavedModel's own size
+    and latency, and the preprocessing's latency alone."""
+    saved, preprocessing = report["saved_model"], report["preprocessing_ms_batch1"]
+    alone = preprocessing["tflite_float32"]
     lines = [f"TFLite variants ({report['interpreter']}); agreement with the SavedModel on "
              f"{report['agreement_windows']} {report['agreement_split']} windows (usable: >= "
              f"{report['min_agreement']:.0%} on >= {report['min_agreement_windows']}); SavedModel "
              f"{saved['size_bytes'] / 1e6:.2f} MB, {saved['latency_ms_batch1']:.1f} ms batch 1",
-             f"{'variant':<14}{'MB':>6}{'ms 1 thr':>10}{'ms 2 thr':>10}{'agreement':>11}{'max |dp|':>10}  verdict"]
+             f"Preprocessing alone, batch 1: TFLite float32 {alone['1']:.1f} ms on 1 thread, {alone['2']:.1f} ms "
+             f"on 2; TensorFlow (the SavedModel's) {preprocessing['tensorflow']:.1f} ms",
+             f"{'variant':<14}{'MB':>6}{'ms 1 thr':>10}{'ms 2 thr':>10}{'body ms':>9}{'agreement':>11}"
+             f"{'max |dp|':>10}  verdict"]
     for variant in [v for v in VARIANTS if v in report["tflite"]]:  # a report read back has its keys sorted
         entry = report["tflite"][variant]
         latency = entry.get("latency_ms_batch1", {})
+        body = latency["1"] - alone["1"] if "1" in latency and entry.get("float_preprocessing") else None
         cells = [f"{entry['size_bytes'] / 1e6:6.2f}" if "size_bytes" in entry else f"{'-':>6}",
                  *(f"{latency[t]:10.1f}" if t in latency else f"{'-':>10}" for t in ("1", "2")),
+                 f"{body:9.1f}" if body is not None else f"{'-':>9}",
                  f"{entry['argmax_agreement']:11.1%}" if "argmax_agreement" in entry else f"{'-':>11}",
                  f"{entry['max_abs_prob_diff']:10.2g}" if "max_abs_prob_diff" in entry else f"{'-':>10}"]
         verdict = USABLE if entry["usable"] else f"{entry['verdict'].upper()} ({entry['reason']})"

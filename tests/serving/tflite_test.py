@@ -1,6 +1,7 @@
-"""TFLite variants: each reported with size, latencies and agreement and its file named by its verdict; the verdict
-rules (threshold, minimum window count, multi-label decisions at the fitted thresholds, the export's calibration,
-interpreter failures); predict's refusal."""
+"""TFLite variants: each reported with size, latencies and agreement and its file named by its verdict; int16x8
+converting, int8_body's float preprocessing; the stage profile; the verdict rules (threshold, minimum window count,
+multi-label decisions at the fitted thresholds, the export's calibration, interpreter failures); predict's
+refusal."""
 
 from __future__ import annotations
 
@@ -38,25 +39,79 @@ def test_every_variant_is_reported_and_its_file_named_by_its_verdict(tiny_export
     report = json.loads((version / REPORT_FILE).read_text())
     assert sorted(report["tflite"]) == sorted(tflite.VARIANTS)
     assert report["interpreter"] == tflite.INTERPRETER and report["agreement_windows"] == 4
+    written = sorted(f"{TFLITE_DIR}/{p.name}" for p in (version / TFLITE_DIR).glob("model_*.tflite"))
+    assert written == sorted(entry["file"] for entry in report["tflite"].values() if "file" in entry)
     for variant, entry in report["tflite"].items():
         assert entry["usable"] == (entry["verdict"] == USABLE) and entry["reason"]
-        written = sorted(p.name for p in (version / TFLITE_DIR).glob(f"model_{variant}*.tflite"))
         if "file" not in entry:
-            assert entry["verdict"] == "conversion failed" and written == []
+            assert entry["verdict"] == "conversion failed"
             continue
         suffix = "" if entry["usable"] else "_" + entry["verdict"].replace(" ", "_")
-        assert written == [f"model_{variant}{suffix}.tflite"] and entry["file"] == f"{TFLITE_DIR}/{written[0]}"
+        assert entry["file"] == f"{TFLITE_DIR}/model_{variant}{suffix}.tflite"
         if "argmax_agreement" in entry:
             assert sorted(entry["latency_ms_batch1"]) == ["1", "2"]
             assert min(entry["latency_ms_batch1"].values()) > 0
     float32 = report["tflite"]["float32"]
     assert float32["usable"] and float32["argmax_agreement"] == 1.0 and float32["max_abs_prob_diff"] < 1e-4
     lines = tflite.summary_lines(report)  # what the export and train commands print: a header, then a table
-    assert "on 4 test windows" in lines[0] and lines[1].split()[0] == "variant"
-    assert [line.split()[0] for line in lines[2:]] == list(tflite.VARIANTS)  # in VARIANTS' order
-    assert [line.endswith(f"  {USABLE}") for line in lines[2:]] == [report["tflite"][v]["usable"]
+    assert "on 4 test windows" in lines[0] and lines[1].startswith("Preprocessing alone, batch 1: TFLite float32")
+    assert lines[2].split()[0] == "variant"
+    assert [line.split()[0] for line in lines[3:]] == list(tflite.VARIANTS)  # in VARIANTS' order
+    assert [line.endswith(f"  {USABLE}") for line in lines[3:]] == [report["tflite"][v]["usable"]
                                                                      for v in tflite.VARIANTS]
-    assert f"{float32['argmax_agreement']:.1%}" in lines[2]
+    assert f"{float32['argmax_agreement']:.1%}" in lines[3]
+
+
+def _ops_in_order(content: bytes) -> list[tuple[str, list[str]]]:
+    """A TFLite model's ops in execution order, each with the dtypes of its outputs (not the XNNPACK delegate's
+    nodes, which the interpreter appends)."""
+    interpreter = tflite.Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    return [(op["op_name"], [dtypes[i] for i in op["outputs"] if i >= 0]) for op in interpreter._get_ops_details()
+            if op["op_name"] != "DELEGATE"]
+
+
+def test_int16x8_converts_with_int16_activations_and_runs(tiny_export):
+    entry = json.loads((tiny_export["version"] / REPORT_FILE).read_text())["tflite"]["int16x8"]
+    assert "argmax_agreement" in entry and sorted(entry["latency_ms_batch1"]) == ["1", "2"]  # converted and ran
+    ops = _ops_in_order((tiny_export["version"] / entry["file"]).read_bytes())
+    assert all(dtypes == ["int16"] for name, dtypes in ops if name == "CONV_2D")
+    assert entry["convert_seconds"] > 0
+
+
+# int8_body against the SavedModel on the tiny export's 4 test windows (a CNN fitted for one epoch): float
+# preprocessing leaves the int8 body's rounding only.
+INT8_BODY_MAX_ABS_PROB_DIFF = 0.1
+
+
+def test_int8_body_keeps_float_preprocessing_before_its_int8_cnn(tiny_export):
+    report = json.loads((tiny_export["version"] / REPORT_FILE).read_text())
+    entry = report["tflite"]["int8_body"]
+    content = (tiny_export["version"] / entry["file"]).read_bytes()
+    runner = tflite.TFLiteRunner(content)
+    assert runner.input["dtype"] == np.float32 and runner.output["dtype"] == np.float32
+    ops = _ops_in_order(content)
+    names = [name for name, _ in ops]
+    first_quantize = names.index("QUANTIZE")
+    assert "RFFT2D" in names[:first_quantize] and "RFFT2D" not in names[first_quantize:]
+    assert all(set(dtypes) <= {"float32", "complex64"} for _, dtypes in ops[:first_quantize])  # RFFT2D: complex
+    assert all(dtypes == ["int8"] for name, dtypes in ops if name in ("CONV_2D", "FULLY_CONNECTED"))
+    assert names[-1] == "DEQUANTIZE"
+    assert entry["float_preprocessing"] and not report["tflite"]["int8"]["float_preprocessing"]
+    assert entry["argmax_agreement"] == 1.0 and entry["max_abs_prob_diff"] < INT8_BODY_MAX_ABS_PROB_DIFF
+
+
+def test_the_stage_profile_times_the_preprocessing_alone(tiny_export):
+    report = json.loads((tiny_export["version"] / REPORT_FILE).read_text())
+    alone = report["preprocessing_ms_batch1"]
+    assert sorted(alone["tflite_float32"]) == ["1", "2"] and min(alone["tflite_float32"].values()) > 0
+    assert alone["tensorflow"] > 0
+    assert [v for v in tflite.VARIANTS if report["tflite"][v]["float_preprocessing"]] == list(
+        tflite.FLOAT_PREPROCESSING)
+    body = tflite.summary_lines(report)[3 + tflite.VARIANTS.index("float32")].split()[4]
+    assert float(body) == pytest.approx(report["tflite"]["float32"]["latency_ms_batch1"]["1"]
+                                        - alone["tflite_float32"]["1"], abs=0.06)
 
 
 def test_agreement_below_the_threshold_is_unusable(float32_case):
