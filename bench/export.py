@@ -14,7 +14,9 @@ The best usable quantized variant is the fastest at batch 1 (1 thread) of those 
 agreement is the report's (argmax, with the SavedModel, on the test split). Agreement with the (calibrated) Keras
 path on the test split is given too. The preprocessing alone is timed (`preprocessing_only`): the TFLite models'
 forward-FFT FIR, the former direct FIR, and TensorFlow's rfft/irfft as the SavedModel runs it; with the whole
-models' times, that is the profile of where each spends its time (preprocessing vs the CNN body).
+models' times, that is the stage profile of where each spends its time (`stage_profile`: preprocessing vs the rest,
+mostly the CNN body). It is a stage split, not an op-level profile: LiteRT's Python interpreter exposes its ops
+(`_get_ops_details`) but no per-op timings.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import numpy as np
 from bench import data, timing
 
 DEMO = "synthetic_quick"  # the pipeline whose export is measured
-QUANTIZED = ("float16", "dynamic_range", "int8", "int16x8")
 
 
 def tree_bytes(path: str, skip: str = "") -> int:
@@ -103,18 +104,35 @@ def preprocessing_only(spec) -> dict:
     import tensorflow as tf
 
     from ecg_tfx.dsp.preprocessing import preprocess
-    from ecg_tfx.serving.tflite import TFLiteRunner
+    from ecg_tfx.serving.tflite import TFLiteRunner, preprocessing_model
 
+    forms = {f"tflite_preprocess_{method}": TFLiteRunner(preprocessing_model(spec, method))
+             for method in ("rfft_only", "direct")}
     signature = [tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32)]
-    forms = {}
-    for method in ("rfft_only", "direct"):
-        function = tf.function(lambda ecg, method=method: preprocess(ecg, spec.preprocessing, method),
-                               input_signature=signature)
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
-        forms[f"tflite_preprocess_{method}"] = TFLiteRunner(converter.convert())
     saved_model_way = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing), input_signature=signature)
     forms["tf_preprocess_fft"] = lambda window: saved_model_way(tf.constant(window)).numpy()
     return forms
+
+
+def stage_profile(times: dict, report: dict) -> dict:
+    """Batch-1 ms per form (TFLite on 1 thread): the whole model, its preprocessing timed alone, and the rest (the
+    CNN on its crops, the mean and, for the SavedModel, resampling and framing). A full-int8 or int16x8 model
+    quantizes its preprocessing with the body, so only its whole time is known."""
+    from ecg_tfx.serving.tflite import FLOAT_PREPROCESSING
+
+    median = {name: timing.median(values) * 1e3 for name, values in times.items()}
+    forms = {"saved_model": "tf_preprocess_fft"}
+    forms.update({f"tflite_{variant}": "tflite_preprocess_rfft_only" if variant in FLOAT_PREPROCESSING else None
+                  for variant in report["tflite"] if f"tflite_{variant} b1" in median})
+    profile = {}
+    for form, preprocessing in forms.items():
+        whole = median[f"{form} b1"]
+        stages = {"whole": round(whole, 2)}
+        if preprocessing:
+            stages |= {"preprocessing": round(median[f"{preprocessing} b1"], 2),
+                       "rest": round(whole - median[f"{preprocessing} b1"], 2)}
+        profile[form] = stages
+    return profile
 
 
 def per_call(predict, windows: np.ndarray, calls: int) -> float:
@@ -142,6 +160,11 @@ def findings(times: dict, best: str | None, report: dict, spec) -> list[str]:
                          + (f" ({entry['argmax_agreement']:.1%})" if "argmax_agreement" in entry else "")
                          for variant, entry in report["tflite"].items())
     notes.append(f"Export report, {report['agreement_windows']} test windows: {verdicts}.")
+    stages = [f"{form} {p['whole']:.1f}" + (f" = {p['preprocessing']:.1f} + {p['rest']:.1f}" if "rest" in p
+                                             else " (its preprocessing is quantized with the body)")
+              for form, p in stage_profile(times, report).items()]
+    notes.append("Stage profile, batch 1 (ms, TFLite on 1 thread; whole = preprocessing alone + the rest): "
+                 + "; ".join(stages) + ".")
     if best is None:
         notes.append("No quantized variant is usable, so the quantized targets have no model to measure.")
         return notes
@@ -162,8 +185,9 @@ def run(quick: bool = False) -> dict:
     from ecg_tfx.core.manifest import SPLITS, Manifest
     from ecg_tfx.core.model_spec import ModelSpec
     from ecg_tfx.core.run_folder import RunFolder
-    from ecg_tfx.serving.tflite import read_windows
+    from ecg_tfx.serving.tflite import VARIANTS, read_windows
 
+    quantized = [v for v in VARIANTS if v != "float32"]
     reps, calls = (3, 5) if quick else (5, 10)
     started = time.perf_counter()
     version, run_dir, data_dir = demo_export()
@@ -175,7 +199,7 @@ def run(quick: bool = False) -> dict:
     windows = read_windows(data_dir, "test", spec)[0]
     batch32 = np.resize(windows, (data.BATCH, *windows.shape[1:]))
     forms = predictors(version, run_dir, spec, report)
-    usable = [v for v in QUANTIZED if f"tflite_{v}" in forms and report["tflite"][v]["usable"]]
+    usable = [v for v in quantized if f"tflite_{v}" in forms and report["tflite"][v]["usable"]]
     cases = {}
     for name, predict in forms.items():
         cases[f"{name} b1"] = lambda predict=predict: per_call(predict, windows[:1], calls)
@@ -239,8 +263,9 @@ def run(quick: bool = False) -> dict:
             "latency": {name: timing.spread(values) for name, values in times.items()},
             "size_kb": {name: round(value / 1024, 1) for name, value in sizes.items()},
             "agreement_with_keras_test_split": agreement,
+            "stage_profile_ms_batch1": stage_profile(times, report),
             "export_report": {variant: {k: entry.get(k) for k in ("verdict", "argmax_agreement", "max_abs_prob_diff",
-                                                                  "latency_ms_batch1")}
+                                                                  "latency_ms_batch1", "convert_seconds")}
                               for variant, entry in report["tflite"].items()},
         },
         "ratios": ratios,
