@@ -1,5 +1,5 @@
 """TFLite export for phones: a window model (raw mV window -> uncalibrated probabilities, preprocessing inside)
-converted to five variants with builtin ops only, the interpreter that runs them (LiteRT where installed), and the
+converted to six variants with builtin ops only, the interpreter that runs them (LiteRT where installed), and the
 report of size, latency and agreement with the SavedModel that says which variants are usable
 (`export_report.json`). The fitted decision (calibration, thresholds, abstention) travels beside the models in
 `tflite/decision.json`: like `serving_default`, the app (or `predict`, through `decide.record_outputs`) averages
@@ -52,7 +52,7 @@ MIN_AGREEMENT = 0.99
 # Below this many test windows the verdict is "not measured": with 200, a variant that truly agrees on 97% still
 # shows >= 99% with probability ~6% (binomial); the bench's int8 (79% on 71 windows) showed 100% on 4.
 MIN_AGREEMENT_WINDOWS = 200
-REPRESENTATIVE_WINDOWS = 64  # training windows that calibrate the int8 and int16x8 quantization
+REPRESENTATIVE_WINDOWS = 64  # training windows that calibrate the int8, int8_body and int16x8 quantization
 LATENCY_THREADS = (1, 2)  # interpreter threads of the batch-1 latencies (XNNPACK, the interpreter's default)
 LATENCY_RUNS = 10  # batch-1 calls whose median is reported
 
