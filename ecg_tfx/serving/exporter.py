@@ -37,7 +37,7 @@ from ecg_tfx.models.ensemble import average, load_runs
 from ecg_tfx.serving.model_card import write_model_card
 from ecg_tfx.serving.precision import with_compute_dtype
 from ecg_tfx.serving.saved_model import write_saved_model
-from ecg_tfx.serving.tflite import MIN_AGREEMENT_WINDOWS, REPORT_FILE, write_tflite
+from ecg_tfx.serving.tflite import MIN_AGREEMENT_WINDOWS, REPORT_FILE, VARIANTS, check_variants, write_tflite
 from ecg_tfx.serving.versions import next_version
 
 
@@ -58,20 +58,21 @@ def run_decision(run_dirs: Sequence[str], model: keras.Model, spec: ModelSpec, d
 
 def export_run(run_dirs: str | Sequence[str], export_dir: str, model_name: str = "ecg", version: int | None = None,
                tflite: bool = False, data_dir: str | None = None, compute_dtype: str = "float32",
-               min_agreement_windows: int = MIN_AGREEMENT_WINDOWS) -> str:
+               min_agreement_windows: int = MIN_AGREEMENT_WINDOWS, tflite_variants: Sequence[str] = VARIANTS) -> str:
     """Exports a training run, or a seed ensemble of several (`run_dirs`: one folder or a list; one SavedModel
     serving the mean of their probabilities, `models.ensemble`), to `<export_dir>/<model_name>/<version>/`, whole
     or not at all; returns that path.
 
     The SavedModel computes in `compute_dtype` ('float32', or 'bfloat16'/'float16' for a run trained under a mixed
     policy, for serving hardware with those units). `tflite` also writes the float32-compute TFLite models and
-    `export_report.json`, using `data_dir`'s train split to calibrate int8 and its test split to measure agreement
-    with the SavedModel. `data_dir` also fits the decision of an ensemble or of a run without one and fills the
-    model card's data.
+    `export_report.json` (`tflite_variants` of them), using `data_dir`'s train split to calibrate int8 and its test
+    split to measure agreement with the SavedModel. `data_dir` also fits the decision of an ensemble or of a run
+    without one and fills the model card's data.
     """
     run_dirs = [run_dirs] if isinstance(run_dirs, str) else list(run_dirs)
     if tflite and not data_dir:
         raise ValueError("tflite export needs data_dir for representative and agreement windows")
+    check_variants(tflite_variants)
     for path in (*run_dirs, export_dir, data_dir or ""):
         storage.enable_filesystem(path)
     trained, spec = load_runs(run_dirs)
@@ -90,7 +91,8 @@ def export_run(run_dirs: str | Sequence[str], export_dir: str, model_name: str =
         write_saved_model(served, spec, decision, tmp, model_name)
         write_model_card(tmp, spec, decision, run_dirs, data_dir)
         if tflite:
-            report = {"runs": run_dirs, **write_tflite(model, spec, decision, tmp, data_dir, min_agreement_windows)}
+            report = {"runs": run_dirs, **write_tflite(model, spec, decision, tmp, data_dir, min_agreement_windows,
+                                                                tflite_variants)}
             report["saved_model"]["compute_dtype"] = compute_dtype
             storage.write_json(storage.join(tmp, REPORT_FILE), report)
         storage.publish_dir(tmp, final)

@@ -14,7 +14,7 @@ import posixpath
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -181,9 +181,16 @@ def median_ms(call: Callable[[], object], runs: int | None = None) -> float:
     return 1000 * statistics.median(times)
 
 
+def check_variants(variants: Sequence[str]) -> None:
+    """ValueError naming any of `variants` that is not one of VARIANTS (or none given)."""
+    unknown = [variant for variant in variants if variant not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"TFLite variants must be some of {', '.join(VARIANTS)}; got {', '.join(variants) or 'none'}")
+
+
 def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: str, data_dir: str,
-                 min_agreement_windows: int = MIN_AGREEMENT_WINDOWS) -> dict:
-    """Writes every variant that converts to `tflite/`, with `model_spec.json`, `input_contract.json` and
+                 min_agreement_windows: int = MIN_AGREEMENT_WINDOWS, variants: Sequence[str] = VARIANTS) -> dict:
+    """Writes each of `variants` that converts to `tflite/`, with `model_spec.json`, `input_contract.json` and
     `decision.json`; returns the report. A usable variant is `model_<variant>.tflite`, any other
     `model_<variant>_<verdict>.tflite`.
 
@@ -219,7 +226,7 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
 
     with tempfile.TemporaryDirectory() as source:
         save_window_model(model, spec, source)
-        for variant in VARIANTS:
+        for variant in [v for v in VARIANTS if v in variants]:
             started = time.perf_counter()
             try:
                 content = convert_tflite(source, variant, representative)

@@ -8,6 +8,7 @@ from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.dsp.augment import AugmentConfig
 from ecg_tfx.models import MODELS
+from ecg_tfx.serving.tflite import VARIANTS, check_variants
 from ecg_tfx.training.distribute import PRECISIONS, STRATEGIES
 
 LR_SCHEDULES = ("plateau", "one_cycle")
@@ -61,6 +62,7 @@ class TrainConfig:
     export_dir: str = ""  # default <run_dir>/export
     model_name: str = "ecg"
     tflite: bool = False
+    tflite_variants: tuple[str, ...] = VARIANTS  # which TFLite variants --tflite writes
 
     def __post_init__(self) -> None:
         choices = {"model": sorted(MODELS), "lr_schedule": LR_SCHEDULES, "strategy": STRATEGIES,
@@ -75,6 +77,7 @@ class TrainConfig:
                              f"{self.body_lr_factor}")
         if not self.init_from and (self.freeze_epochs or self.body_lr_factor != 1):
             raise ValueError("--freeze_epochs and --body_lr_factor fine-tune a pretrained body: they need --init_from")
+        check_variants(self.tflite_variants)
         if self.scale_range is not None and not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"scale_range takes two gains low,high with 0 < low <= high, got {self.scale_range}")
 

@@ -197,6 +197,7 @@ def finish(config: TrainConfig, run: RunFolder, model: keras.Model, spec: ModelS
                                             decision=decision)
     if config.export:
         info["export"] = export_run(run.path, config.export_dir or run.export, config.model_name,
-                                    tflite=config.tflite, data_dir=config.data_dir)
+                                    tflite=config.tflite, data_dir=config.data_dir,
+                                    tflite_variants=config.tflite_variants)
     storage.write_json(run.run_info, info)
     return info
