@@ -33,17 +33,6 @@ CONFIG = pathlib.Path(__file__).resolve().parents[2] / "serving" / "batching.con
 LIMITS = ServerLimits(max_request_bytes=4 * 1024 * 1024)
 
 
-@pytest.fixture(scope="module")
-def spec(tiny_export) -> ModelSpec:
-    return ModelSpec.load(str(tiny_export["run"]))
-
-
-@pytest.fixture(scope="module")
-def servable(tiny_export) -> Servable:
-    """The export loaded once, unbatched: the reference answers, and the servable the batched servers share."""
-    return Servable.load(str(tiny_export["version"]), 1)
-
-
 @contextlib.contextmanager
 def batching_servers(servable: Servable, parameters: BatchingParameters):
     """REST and gRPC servers sharing one Batcher, as `ecg_tfx.serve` runs them: (rest, grpc stub, batcher)."""
@@ -105,41 +94,41 @@ def test_batching_config_holds_the_servers_defaults():
         BatchingParameters.from_text("pad_variable_length_inputs { value: true }")
 
 
-def test_concurrent_requests_share_batches_and_each_gets_its_own_rows(servable, spec):
+def test_concurrent_requests_share_batches_and_each_gets_its_own_rows(tiny_servable, tiny_spec):
     """18 rows in requests of 1-4 rows over REST and gRPC, three signatures; batches of at most 4 rows."""
-    examples = windows(spec, 10, seed=5)
-    ecg = recordings(spec, 4, seed=6, seconds=5.0)
+    examples = windows(tiny_spec, 10, seed=5)
+    ecg = recordings(tiny_spec, 4, seed=6, seconds=5.0)
     parts = [examples[0:1], examples[1:3], examples[3:6], examples[6:7], examples[7:10]]
-    with batching_servers(servable, BatchingParameters(4, 1_000_000, 64, 2)) as (rest_server, stub, _):
+    with batching_servers(tiny_servable, BatchingParameters(4, 1_000_000, 64, 2)) as (rest_server, stub, _):
         rest = client.RestClient(rest_server.url, "ecg")
         jobs = [lambda p=p: rest.predict_examples(p)["probabilities"] for p in parts[:3]]
         jobs += [lambda p=p: grpc_predict_examples(stub, p) for p in parts[3:]]
-        jobs += [lambda i=i: rest.predict(ecg[i:i + 1], spec.sample_rate_hz)["probabilities"] for i in range(2)]
-        jobs += [lambda i=i: client_predict(stub, ecg[i:i + 1], spec) for i in range(2, 4)]
+        jobs += [lambda i=i: rest.predict(ecg[i:i + 1], tiny_spec.sample_rate_hz)["probabilities"] for i in range(2)]
+        jobs += [lambda i=i: client_predict(stub, ecg[i:i + 1], tiny_spec) for i in range(2, 4)]
         jobs += [lambda: np.array([[s for _, s in row] for row in rest.classify(examples[:4])])]
         with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
             answers = list(pool.map(lambda job: job(), jobs))
         sizes = batch_sizes(rest_server)
     for part, answer in zip(parts, answers[:5]):
-        alone = run_signature(servable, "serve_examples", {"examples": np.array(part, dtype=object)})
+        alone = run_signature(tiny_servable, "serve_examples", {"examples": np.array(part, dtype=object)})
         np.testing.assert_allclose(answer, alone["probabilities"], atol=1e-5)
     for i, answer in enumerate(answers[5:9]):
-        alone = run_signature(servable, "serving_default", {"ecg": ecg[i:i + 1],
-                                                            "sample_rate": np.float32([spec.sample_rate_hz])})
+        alone = run_signature(tiny_servable, "serving_default", {
+            "ecg": ecg[i:i + 1], "sample_rate": np.float32([tiny_spec.sample_rate_hz])})
         np.testing.assert_allclose(answer, alone["probabilities"], atol=1e-5)
-    classify_alone = run_signature(servable, "classify", {"inputs": np.array(examples[:4], dtype=object)})
+    classify_alone = run_signature(tiny_servable, "classify", {"inputs": np.array(examples[:4], dtype=object)})
     np.testing.assert_allclose(answers[9], classify_alone["scores"], atol=1e-5)
     assert sizes["sum"] == 10 + 4 + 4  # every row ran exactly once
     assert sizes["4"] == sizes["+Inf"], sizes  # no batch above max_batch_size
     assert sizes["1"] < sizes["+Inf"], sizes  # and requests were merged
 
 
-def test_a_bad_request_fails_alone_in_its_batch(servable, spec):
-    good = windows(spec, 3, seed=7)
-    leads = list(reversed(spec.leads))
-    bad = schema.make_example(np.zeros((spec.window_samples, len(leads)), np.float32), leads, spec.sample_rate_hz,
-                              [], [], "bad", "p", 0)
-    with batching_servers(servable, BatchingParameters(4, 10_000_000, 64, 1)) as (rest_server, _, _):
+def test_a_bad_request_fails_alone_in_its_batch(tiny_servable, tiny_spec):
+    good = windows(tiny_spec, 3, seed=7)
+    leads = list(reversed(tiny_spec.leads))
+    bad = schema.make_example(np.zeros((tiny_spec.window_samples, len(leads)), np.float32), leads,
+                              tiny_spec.sample_rate_hz, [], [], "bad", "p", 0)
+    with batching_servers(tiny_servable, BatchingParameters(4, 10_000_000, 64, 1)) as (rest_server, _, _):
         rest = client.RestClient(rest_server.url, "ecg")
 
         def ask(example: bytes) -> np.ndarray | client.ServingError:
@@ -156,33 +145,34 @@ def test_a_bad_request_fails_alone_in_its_batch(servable, spec):
     assert isinstance(answers[1], client.ServingError) and answers[1].status == 400, answers[1]
     assert "ecg/leads" in answers[1].message
     for example, answer in zip(good, answers[:1] + answers[2:]):
-        alone = run_signature(servable, "serve_examples", {"examples": np.array([example], dtype=object)})
+        alone = run_signature(tiny_servable, "serve_examples", {"examples": np.array([example], dtype=object)})
         np.testing.assert_allclose(answer, alone["probabilities"], atol=1e-5)
 
 
-def test_requests_that_do_not_batch_still_work(servable, spec):
+def test_requests_that_do_not_batch_still_work(tiny_servable, tiny_spec):
     """More rows than max_batch_size and mixed sample rates run alone; a length of its own batches alone."""
-    examples = windows(spec, 5, seed=8)
-    ecg = recordings(spec, 2, seed=9, seconds=4.0)
-    with batching_servers(servable, BatchingParameters(4, 1000, 64, 2)) as (rest_server, stub, _):
+    examples = windows(tiny_spec, 5, seed=8)
+    ecg = recordings(tiny_spec, 2, seed=9, seconds=4.0)
+    with batching_servers(tiny_servable, BatchingParameters(4, 1000, 64, 2)) as (rest_server, stub, _):
         rest = client.RestClient(rest_server.url, "ecg")
         large = grpc_predict_examples(stub, examples)
-        own_length = rest.predict(ecg, spec.sample_rate_hz)["probabilities"]
+        own_length = rest.predict(ecg, tiny_spec.sample_rate_hz)["probabilities"]
         with pytest.raises(client.ServingError, match="must share one sample_rate"):
-            rest.predict(ecg, np.float32([spec.sample_rate_hz, 2 * spec.sample_rate_hz]))
+            rest.predict(ecg, np.float32([tiny_spec.sample_rate_hz, 2 * tiny_spec.sample_rate_hz]))
         sizes = batch_sizes(rest_server)
-    alone = run_signature(servable, "serve_examples", {"examples": np.array(examples, dtype=object)})
+    alone = run_signature(tiny_servable, "serve_examples", {"examples": np.array(examples, dtype=object)})
     np.testing.assert_allclose(large, alone["probabilities"], atol=1e-5)
-    alone = run_signature(servable, "serving_default",
-                          {"ecg": ecg, "sample_rate": np.float32([spec.sample_rate_hz] * 2)})
+    alone = run_signature(tiny_servable, "serving_default",
+                          {"ecg": ecg, "sample_rate": np.float32([tiny_spec.sample_rate_hz] * 2)})
     np.testing.assert_allclose(own_length, alone["probabilities"], atol=1e-5)
     assert sizes["+Inf"] == sizes["2"] == 1 and sizes["1"] == 0, sizes  # only the 4-s pair went through a batch
 
 
-def test_a_full_batch_queue_answers_429_and_resource_exhausted(servable, spec):
+def test_a_full_batch_queue_answers_429_and_resource_exhausted(tiny_servable, tiny_spec):
     """One batch may wait (max_enqueued_batches=1): a request that needs a second one is refused at once."""
-    first, refused, filler = windows(spec, 1, seed=10), windows(spec, 2, seed=11), windows(spec, 1, seed=12)
-    with batching_servers(servable, BatchingParameters(2, 600_000_000, 1, 1)) as (rest_server, stub, batcher):
+    first, refused = windows(tiny_spec, 1, seed=10), windows(tiny_spec, 2, seed=11)
+    filler = windows(tiny_spec, 1, seed=12)
+    with batching_servers(tiny_servable, BatchingParameters(2, 600_000_000, 1, 1)) as (rest_server, stub, batcher):
         rest = client.RestClient(rest_server.url, "ecg")
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(rest.predict_examples, first)
@@ -198,5 +188,5 @@ def test_a_full_batch_queue_answers_429_and_resource_exhausted(servable, spec):
     assert rest_refusal.value.status == 429 and "queue" in rest_refusal.value.message
     assert grpc_refusal.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert sizes["rejected"] == 2 and sizes["+Inf"] == sizes["2"] - sizes["1"] == 1, sizes
-    both = run_signature(servable, "serve_examples", {"examples": np.array(first + filler, dtype=object)})
+    both = run_signature(tiny_servable, "serve_examples", {"examples": np.array(first + filler, dtype=object)})
     np.testing.assert_allclose(np.concatenate([answered, filled]), both["probabilities"], atol=1e-5)

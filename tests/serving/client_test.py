@@ -1,8 +1,5 @@
-"""The REST client against a real `serving.exporter.export_run` SavedModel served by `ecg_tfx.serve`.
-
-The run is built as in export_test (a ModelSpec and a registry CNN saved to a run folder) but left untrained and
-small, so exporting takes seconds; training is not what these tests are about.
-"""
+"""The REST client against the tiny export (conftest's `tiny_export`, written by `serving.exporter.export_run`)
+served by `ecg_tfx.serve`."""
 
 from __future__ import annotations
 
@@ -18,23 +15,13 @@ from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.serving import client
 from ecg_tfx.serving.rest.http import Server
 from ecg_tfx.serving.saved_model import SIGNATURES
-from ecg_tfx.serving.servables import Model, Servable
+from ecg_tfx.serving.servables import Model
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_export) -> pathlib.Path:
     """`<export_dir>/ecg/1`, written by the real exporter."""
     return tiny_export["version"]
-
-
-@pytest.fixture(scope="module")
-def spec(tiny_export) -> ModelSpec:
-    return ModelSpec.load(str(tiny_export["run"]))
-
-
-@pytest.fixture(scope="module")
-def servable(exported) -> Servable:
-    return Servable.load(str(exported), 1)
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +52,11 @@ def test_status_and_metadata_of_a_real_export(rest):
     assert signatures["classify"]["method_name"] == tf.saved_model.CLASSIFY_METHOD_NAME
 
 
-def test_predict_equals_calling_the_saved_model(rest, servable):
+def test_predict_equals_calling_the_saved_model(rest, tiny_servable):
     """A 3 s recording at 250 Hz: the REST answer is the SavedModel's own, class names included."""
     ecg = np.random.default_rng(1).normal(scale=0.5, size=(2, 750, 12)).astype(np.float32)
     served = rest.predict(ecg, 250)
-    direct = servable.functions["serving_default"](ecg=tf.constant(ecg), sample_rate=tf.constant([250.0, 250.0]))
+    direct = tiny_servable.functions["serving_default"](ecg=tf.constant(ecg), sample_rate=tf.constant([250.0, 250.0]))
     np.testing.assert_allclose(served["probabilities"], direct["probabilities"].numpy(), atol=1e-6)
     assert served["class_name"].tolist() == [n.decode() for n in direct["class_name"].numpy()]
     assert served["class_id"].tolist() == direct["class_id"].numpy().tolist()
@@ -77,19 +64,19 @@ def test_predict_equals_calling_the_saved_model(rest, servable):
     np.testing.assert_array_equal(labelled["probabilities"], served["probabilities"])
 
 
-def test_examples_predict_and_classify_agree(rest, servable, spec):
-    examples = windows(spec, 3)
+def test_examples_predict_and_classify_agree(rest, tiny_servable, tiny_spec):
+    examples = windows(tiny_spec, 3)
     served = rest.predict_examples(examples)
-    direct = servable.functions["serve_examples"](examples=tf.constant(examples))["probabilities"].numpy()
+    direct = tiny_servable.functions["serve_examples"](examples=tf.constant(examples))["probabilities"].numpy()
     np.testing.assert_allclose(served["probabilities"], direct, atol=1e-6)
     results = rest.classify(examples)
-    assert [[name for name, _ in result] for result in results] == [list(spec.labels)] * 3
+    assert [[name for name, _ in result] for result in results] == [list(tiny_spec.labels)] * 3
     np.testing.assert_allclose([[score for _, score in result] for result in results], direct, atol=1e-6)
 
 
-def test_example_to_json_keeps_every_feature_kind(spec):
-    feature_map = client.example_to_json(windows(spec, 1)[0])
-    assert feature_map[schema.SHAPE] == [spec.window_samples, len(spec.leads)]
+def test_example_to_json_keeps_every_feature_kind(tiny_spec):
+    feature_map = client.example_to_json(windows(tiny_spec, 1)[0])
+    assert feature_map[schema.SHAPE] == [tiny_spec.window_samples, len(tiny_spec.leads)]
     assert json.dumps(feature_map[schema.SAMPLE_RATE]) == "[500.0]"  # a decimal, so TF Serving reads a float
     assert feature_map[schema.RECORD_ID] == [{"b64": "cjA="}]
     assert feature_map[schema.LEADS][0] == {"b64": "aQ=="}

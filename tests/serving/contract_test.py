@@ -87,11 +87,6 @@ def example_violations(spec: ModelSpec) -> dict[str, tuple[bytes, str]]:
     }, example()
 
 
-@pytest.fixture(scope="module")
-def spec(tiny_export) -> ModelSpec:
-    return ModelSpec.load(str(tiny_export["run"]))
-
-
 # Peak RSS of a call over the RSS before it, in MB (Linux: writing 5 to clear_refs resets VmHWM, the peak).
 PEAK = """
     def rss_mb(key="VmRSS"):
@@ -140,8 +135,8 @@ PLAIN_TF_CALLS = PEAK + """
 """
 
 
-def test_every_violation_is_invalid_argument_in_plain_tensorflow(tiny_export, spec, tmp_path):
-    examples, good = example_violations(spec)
+def test_every_violation_is_invalid_argument_in_plain_tensorflow(tiny_export, tiny_spec, tmp_path):
+    examples, good = example_violations(tiny_spec)
     cases = {name: ("serving_default", request) for name, (request, _) in ECG_VIOLATIONS.items()}
     cases |= {name: ("serving_default", request) for name, request in ECG_ACCEPTED.items()}
     for signature in ("serve_examples", "classify"):
@@ -190,8 +185,8 @@ def test_the_worst_accepted_requests_stay_within_the_stated_bound(tiny_export, t
     assert cost["growth_mb"] < MAX_GROWTH_MB and cost["seconds"] < MAX_SECONDS, cost
 
 
-def test_our_rest_server_answers_400_with_the_message_and_keeps_serving(tiny_export, spec):
-    examples, good = example_violations(spec)
+def test_our_rest_server_answers_400_with_the_message_and_keeps_serving(tiny_export, tiny_spec):
+    examples, good = example_violations(tiny_spec)
     model = Model.load("ecg", str(tiny_export["version"].parent))
     with Server({"ecg": model}) as server:
         rest = client.RestClient(server.url, "ecg")
@@ -205,7 +200,7 @@ def test_our_rest_server_answers_400_with_the_message_and_keeps_serving(tiny_exp
                 with pytest.raises(client.ServingError) as error:
                     call([good, serialized])
                 assert error.value.status == 400 and message in error.value.message, name
-        assert rest.predict(make_ecg(1, 1250, None), 500)["probabilities"].shape == (1, len(spec.labels))
+        assert rest.predict(make_ecg(1, 1250, None), 500)["probabilities"].shape == (1, len(tiny_spec.labels))
         assert len(rest.classify([good])) == 1
 
 
@@ -229,7 +224,7 @@ def test_the_tflite_wrapper_refuses_non_finite_windows(tiny_export):
         runner(make_ecg(1, 5000, np.nan))
 
 
-def test_predict_cli_prints_the_refusal_and_exits_non_zero(tiny_export, spec, tmp_path):
+def test_predict_cli_prints_the_refusal_and_exits_non_zero(tiny_export, tiny_spec, tmp_path):
     np.save(tmp_path / "short.npy", make_ecg(1, 500, None)[0])
     result = subprocess.run([sys.executable, "-m", "ecg_tfx.predict", f"--model={tiny_export['version']}",
                              "--sample_rate=500", "--units=mV", "--leads=standard12", str(tmp_path / "short.npy")],

@@ -24,19 +24,9 @@ from ecg_tfx.serving.grpc.server import GrpcServer
 from ecg_tfx.serving.limits import RequestSlots, ServerLimits
 from ecg_tfx.serving.rest.http import Server
 from ecg_tfx.serving.saved_model import SIGNATURES
-from ecg_tfx.serving.servables import Model, Servable
+from ecg_tfx.serving.servables import Model
 
 MAX_REQUEST_BYTES = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def spec(tiny_export) -> ModelSpec:
-    return ModelSpec.load(str(tiny_export["run"]))
-
-
-@pytest.fixture(scope="module")
-def servable(tiny_export) -> Servable:
-    return Servable.load(str(tiny_export["version"]), 1)
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +99,12 @@ def test_model_status_and_metadata_with_the_official_stubs(channel, predictions)
     assert signatures["classify"].method_name == tf.saved_model.CLASSIFY_METHOD_NAME
 
 
-def test_predict_serving_default_equals_the_saved_model_and_rest(predictions, servable, rest):
+def test_predict_serving_default_equals_the_saved_model_and_rest(predictions, tiny_servable, rest):
     response = predictions.Predict(predict_request({"ecg": ECG, "sample_rate": RATES}), timeout=60)
     assert (response.model_spec.name, response.model_spec.version.value,
             response.model_spec.signature_name) == ("ecg", 1, "serving_default")
     outputs = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
-    direct = servable.functions["serving_default"](ecg=tf.constant(ECG), sample_rate=tf.constant(RATES))
+    direct = tiny_servable.functions["serving_default"](ecg=tf.constant(ECG), sample_rate=tf.constant(RATES))
     assert set(outputs) == set(direct)
     for name, value in direct.items():
         np.testing.assert_array_equal(outputs[name], value.numpy())  # the same float32 tensors, no JSON between
@@ -126,24 +116,24 @@ def test_predict_serving_default_equals_the_saved_model_and_rest(predictions, se
     assert list(predictions.Predict(only, timeout=60).outputs) == ["class_name"]
 
 
-def test_predict_serve_examples_and_classify(predictions, servable, spec):
-    examples = windows(spec, 3)
+def test_predict_serve_examples_and_classify(predictions, tiny_servable, tiny_spec):
+    examples = windows(tiny_spec, 3)
     response = predictions.Predict(predict_request({"examples": np.array(examples, dtype=object)},
                                                    signature="serve_examples"), timeout=60)
-    direct = servable.functions["serve_examples"](examples=tf.constant(examples))["probabilities"].numpy()
+    direct = tiny_servable.functions["serve_examples"](examples=tf.constant(examples))["probabilities"].numpy()
     np.testing.assert_array_equal(tf.make_ndarray(response.outputs["probabilities"]), direct)
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = "ecg"
     request.model_spec.signature_name = "classify"
     request.input.example_list.examples.extend(example_pb2.Example.FromString(e) for e in examples)
     result = predictions.Classify(request, timeout=60).result.classifications
-    assert [[c.label for c in r.classes] for r in result] == [list(spec.labels)] * 3
+    assert [[c.label for c in r.classes] for r in result] == [list(tiny_spec.labels)] * 3
     np.testing.assert_allclose([[c.score for c in r.classes] for r in result], direct, atol=1e-6)
 
 
-def test_classify_merges_the_context_into_every_example(predictions, servable, spec):
+def test_classify_merges_the_context_into_every_example(predictions, tiny_servable, tiny_spec):
     """example_list_with_context: the shared features sent once, as TF Serving merges them."""
-    full = [example_pb2.Example.FromString(e) for e in windows(spec, 2, seed=5)]
+    full = [example_pb2.Example.FromString(e) for e in windows(tiny_spec, 2, seed=5)]
     context = example_pb2.Example()
     for key in (schema.SHAPE, schema.LEADS, schema.SAMPLE_RATE):
         context.features.feature[key].CopyFrom(full[0].features.feature[key])
@@ -158,19 +148,19 @@ def test_classify_merges_the_context_into_every_example(predictions, servable, s
             del partial.features.feature[key]
         request.input.example_list_with_context.examples.append(partial)
     result = predictions.Classify(request, timeout=60).result.classifications
-    direct = servable.functions["classify"](inputs=tf.constant([e.SerializeToString() for e in full]))["scores"]
+    direct = tiny_servable.functions["classify"](inputs=tf.constant([e.SerializeToString() for e in full]))["scores"]
     np.testing.assert_allclose([[c.score for c in r.classes] for r in result], direct.numpy(), atol=1e-6)
 
 
-def test_our_grpc_client_against_our_server(servers, servable, spec, rest):
+def test_our_grpc_client_against_our_server(servers, tiny_servable, tiny_spec, rest):
     stub = client.GrpcClient(servers[1].target, "ecg", label="stable")
     try:
         assert stub.status()["model_version_status"][0]["state"] == "AVAILABLE"
         assert set(SIGNATURES) <= set(stub.metadata()["metadata"]["signature_def"]["signature_def"])
         served = stub.predict(ECG, 250)
         np.testing.assert_allclose(served["probabilities"], rest.predict(ECG, 250)["probabilities"], atol=1e-6)
-        examples = windows(spec, 2, seed=3)
-        expected = servable.functions["classify"](inputs=tf.constant(examples))["scores"].numpy()
+        examples = windows(tiny_spec, 2, seed=3)
+        expected = tiny_servable.functions["classify"](inputs=tf.constant(examples))["scores"].numpy()
         np.testing.assert_allclose([[s for _, s in r] for r in stub.classify(examples)], expected, atol=1e-6)
         np.testing.assert_allclose(stub.predict_examples(examples)["probabilities"], expected, atol=1e-6)
     finally:
