@@ -115,6 +115,7 @@ def _convert_and_train_lead_i(ptbxl_dir: pathlib.Path, folder: pathlib.Path) -> 
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     model.fit(input_pipeline.make_dataset(str(folder / "data"), manifest, "train", spec, 64, training=False),
               epochs=5, verbose=0)
+    (folder / "run").mkdir()
     model.save(RunFolder(str(folder / "run")).model)
     spec.save(str(folder / "run"))
 
