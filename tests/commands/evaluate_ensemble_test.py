@@ -23,7 +23,7 @@ def _evaluate(*flags: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_cli_scores_the_ensemble_with_the_decision_its_export_serves(tiny_ensemble_export, tiny_export, tmp_path):
+def test_cli_scores_the_ensemble_with_the_decision_its_export_serves(tiny_ensemble_export, tmp_path):
     runs = [str(run) for run in tiny_ensemble_export["runs"]]
     data_dir = str(tiny_ensemble_export["data"])
     out = tmp_path / "ensemble"
