@@ -175,10 +175,8 @@ def tiny_ensemble_export(tiny_conversion, tiny_run, tiny_run_seed1,
     runs = [tiny_run, tiny_run_seed1]
 
     def build(folder: pathlib.Path) -> None:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(tflite, "VARIANTS", ("float32", "dynamic_range"))
-            export_run([str(run) for run in runs], str(folder), "ecg", tflite=True, data_dir=str(data_dir),
-                       min_agreement_windows=1)
+        export_run([str(run) for run in runs], str(folder), "ecg", tflite=True, data_dir=str(data_dir),
+                   min_agreement_windows=1, tflite_variants=("float32", "dynamic_range"))
 
     export_dir = built_once(tmp_path_factory, "tiny_ensemble_export", build)
     return {"data": data_dir, "runs": runs, "version": export_dir / "ecg" / "1"}

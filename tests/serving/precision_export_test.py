@@ -25,6 +25,7 @@ from ecg_tfx.serving.precision import with_compute_dtype
 from ecg_tfx.serving.tflite import TFLiteRunner, read_windows
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+UNCALIBRATED = ("float32", "float16", "dynamic_range")
 REDUCED = {"bfloat16": tf.bfloat16.as_datatype_enum, "float16": tf.float16.as_datatype_enum}
 TOLERANCE = {"float32": 1e-5, "mixed_float16": 5e-3, "mixed_bfloat16": 3e-2}  # |dp| of a 1-epoch tiny CNN
 
@@ -72,9 +73,12 @@ def test_every_policy_exports_float32_tflite_and_a_float32_saved_model(policy, p
     run_dir = policy_run(policy)
     trained, spec = load_run(str(run_dir))
     assert trained.layers[1].compute_dtype == policy.replace("mixed_", "")
+    # The variants without calibration: the calibrated ones convert the same float32 window model (tested on
+    # tiny_export); 4 test windows in the tiny data.
     version = pathlib.Path(export_run(str(run_dir), str(tmp_path), tflite=True, data_dir=str(data_dir),
-                                      min_agreement_windows=1))  # 4 test windows in the tiny data
+                                      min_agreement_windows=1, tflite_variants=UNCALIBRATED))
     report = json.loads((version / REPORT_FILE).read_text())
+    assert sorted(report["tflite"]) == sorted(UNCALIBRATED)  # only the variants asked for
     assert report["saved_model"]["compute_dtype"] == "float32"
     assert not graph_dtypes(version) & set(REDUCED.values())
     windows, serialized = read_windows(str(data_dir), "test", spec, 8)

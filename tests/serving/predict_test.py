@@ -16,7 +16,7 @@ import wfdb
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.data import transform
 from ecg_tfx.evaluation.decision import Decision
-from ecg_tfx.serving import predictors, tflite
+from ecg_tfx.serving import predictors
 from ecg_tfx.serving.exporter import export_run
 from ecg_tfx.serving.tflite import read_windows
 
@@ -145,10 +145,9 @@ def test_a_flat_recording_is_inconclusive_for_poor_signal_on_both_paths(tiny_exp
 def lead_i_export(ptbxl_lead_i, tmp_path_factory) -> pathlib.Path:
     """The one-lead PTB-XL run exported with its float32 TFLite model only (the other variants are tested on the
     tiny export); the decision is fitted at export on validation fold 9."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tflite, "VARIANTS", ("float32",))
-        version = export_run(str(ptbxl_lead_i["run"]), str(tmp_path_factory.mktemp("lead_i_export")), "ecg",
-                             tflite=True, data_dir=str(ptbxl_lead_i["data"]), min_agreement_windows=1)
+    version = export_run(str(ptbxl_lead_i["run"]), str(tmp_path_factory.mktemp("lead_i_export")), "ecg",
+                         tflite=True, data_dir=str(ptbxl_lead_i["data"]), min_agreement_windows=1,
+                         tflite_variants=("float32",))
     return pathlib.Path(version)
 
 

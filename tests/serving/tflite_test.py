@@ -185,10 +185,8 @@ def test_an_interpreter_failure_makes_the_variant_unusable_instead_of_failing_th
 def unmeasured_export(tiny_export, tmp_path_factory) -> dict:
     """The tiny run exported with the real minimum window count: its 4 test windows give 'not measured'. Only its
     float32 model: the other variants are reported in `tiny_export`."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tflite, "VARIANTS", ("float32",))
-        version = export_run(str(tiny_export["run"]), str(tmp_path_factory.mktemp("unmeasured")), "ecg", tflite=True,
-                             data_dir=str(tiny_export["data"]))
+    version = export_run(str(tiny_export["run"]), str(tmp_path_factory.mktemp("unmeasured")), "ecg", tflite=True,
+                         data_dir=str(tiny_export["data"]), tflite_variants=("float32",))
     return json.loads(open(f"{version}/{REPORT_FILE}").read()) | {"version": version}
 
 
@@ -199,6 +197,7 @@ def _predict(*args: str) -> subprocess.CompletedProcess:
 
 def test_predict_refuses_a_model_not_called_usable_unless_forced(unmeasured_export, tmp_path):
     assert unmeasured_export["min_agreement_windows"] == tflite.MIN_AGREEMENT_WINDOWS
+    assert sorted(unmeasured_export["tflite"]) == ["float32"]  # --tflite_variants: only what was asked for
     float32 = unmeasured_export["tflite"]["float32"]
     assert float32["verdict"] == "not measured" and float32["file"] == "tflite/model_float32_not_measured.tflite"
     model = f"{unmeasured_export['version']}/{float32['file']}"
