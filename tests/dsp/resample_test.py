@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 
 import numpy as np
 import pytest
@@ -66,14 +65,3 @@ def test_only_stock_ops() -> None:
 def test_rejects_non_positive_rate() -> None:
     with pytest.raises(tf.errors.InvalidArgumentError):
         graph_resampler(500)(tf.ones([1, 10, 1]), tf.constant(0))
-
-
-def test_two_minute_twelve_lead_record_is_fast() -> None:
-    fn = graph_resampler(500)
-    x = tf.constant(ecg_like(120_000, 12, seed=0)[:1], tf.float32)
-    fn(x, tf.constant(1000))  # warm-up
-    start = time.perf_counter()
-    out = fn(x, tf.constant(1000))
-    elapsed = time.perf_counter() - start
-    assert out.shape == (1, 60_000, 12)
-    assert elapsed < 0.5, f"1000 -> 500 Hz on 2 min x 12 leads took {elapsed:.3f} s"
