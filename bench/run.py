@@ -1,6 +1,6 @@
 """Runs the benchmarks and writes bench/results.md and bench/results.json.
 
-    python bench/run.py                      # every section (about 6-9 minutes on 2 cores)
+    python bench/run.py                      # every section (about 13-16 minutes on 2 cores, realism ~6.5)
     python bench/run.py --only=conversion,serving --quick
 
 Each section prints its ratios (measured side by side, interleaved, median of repetitions) as it finishes.
@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `ecg_tfx` imp
 
 from bench import timing  # noqa: E402
 
-SECTIONS = ("conversion", "pipeline", "precision", "export", "serving")
+SECTIONS = ("conversion", "pipeline", "precision", "export", "serving", "realism")
 HERE = pathlib.Path(__file__).resolve().parent
 
 

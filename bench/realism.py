@@ -1,0 +1,167 @@
+"""Section 6, realism (issue #17): a model trained on synthetic ECGs only, scored zero-shot on real PTB-XL, against
+the same model trained on real PTB-XL.
+
+Side by side in one run: a small synthetic superdiagnostic cohort (`--labels=superdiagnostic`: PTB-XL's NORM, MI,
+STTC, CD, HYP, multi-label; one 10-s record per patient at 100 Hz, 12 leads, patient-wise 0.8/0.1/0.1) and the
+shared PTB-XL subset at 100 Hz with the same labels (its folds: 1-8 train, 9 validation, 10 test) are converted,
+and the same model and recipe (`pipelines/ptbxl_superdiagnostic.flags`' resnet1d on 2.5-s crops, one-cycle AdamW,
+cut to EPOCHS epochs, float32, seed 0) is trained on each. Both are scored on PTB-XL's fold 10: the real-trained
+run by its own test evaluation, the synthetic one zero-shot through the code `python -m ecg_tfx.evaluate` runs
+(its run loaded by `load_runs`, its source by `trained_source`, its own decision.json). The realism ratio is the
+zero-shot macro record ROC AUC over the real-trained one (the issue's "ratio to the same model trained on real
+data"); the bootstrap 95% CIs are evaluate's (1000 resamples of the 53 test records). `quick` changes nothing:
+fewer epochs would change the figure, not only its noise.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench import data, timing
+
+SYNTHETIC_PATIENTS = 360
+EPOCHS = 10
+SEED = 0
+# The issue's zero-shot target (macro AUC >= 0.80) over what the full recipe reaches on real data (0.837, the mean
+# of seeds 0-4 of ptbxl_superdiagnostic, README): a synthetic model meeting the issue's target is at 0.96 of it.
+ABSOLUTE_TARGET = 0.80
+REAL_FULL_RECIPE_AUC = 0.837
+RATIO_TARGET = round(ABSOLUTE_TARGET / REAL_FULL_RECIPE_AUC, 2)
+
+
+def conversions() -> dict:
+    """(data dir, manifest) of each cohort, converted once (later calls reuse the finished conversion)."""
+    from absl import logging
+
+    from ecg_tfx.data import conversion
+
+    logging.set_verbosity(logging.ERROR)
+    common = {"labels": "superdiagnostic", "sample_rate": 100, "window_seconds": 10.0, "leads": "standard12"}
+    configs = {
+        "synthetic": conversion.ConversionConfig(source="synthetic", synthetic_patients=SYNTHETIC_PATIENTS,
+                                                 synthetic_records_per_patient=1, synthetic_duration_s=10.0,
+                                                 split="0.8,0.1,0.1", **common),
+        "real": conversion.ConversionConfig(source="ptbxl", input_dir=str(timing.SHARED_DATA / "ptbxl"),
+                                            ptbxl_resolution=100, **common),
+    }
+    found = {}
+    for name, config in configs.items():
+        data_dir = str(data.WORKSPACE / f"tfrecords_realism_{name}")
+        started = time.perf_counter()
+        with timing.quiet():
+            manifest = conversion.run(config, data_dir, overwrite=True)
+        found[name] = (data_dir, manifest, round(time.perf_counter() - started, 1))
+    return found
+
+
+def train(name: str, data_dir: str) -> tuple[str, dict]:
+    """Trains the recipe on one cohort (evaluating its own validation and test splits, no export); (run dir, info)."""
+    import shutil
+
+    from ecg_tfx.training.config import TrainConfig
+    from ecg_tfx.training.trainer import train as train_run
+
+    run_dir = str(data.WORKSPACE / f"run_realism_{name}")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = TrainConfig(data_dir=data_dir, run_dir=run_dir, model="resnet1d", input_seconds=2.5,
+                         eval_stride_seconds=1.0, epochs=EPOCHS, batch_size=64, lr_schedule="one_cycle",
+                         learning_rate=0.01, weight_decay=0.01, patience=EPOCHS, noise_std=0.05, lead_dropout=0.1,
+                         class_weights=False, precision="float32", seed=SEED, export=False)
+    with timing.quiet():
+        info = train_run(config)
+    return run_dir, info
+
+
+def zero_shot(run_dir: str, data_dir: str, manifest) -> dict:
+    """The synthetic run scored on real test records as `python -m ecg_tfx.evaluate --run_dir --data_dir` does."""
+    from ecg_tfx.core.run_folder import RunFolder
+    from ecg_tfx.evaluation.decision import Decision
+    from ecg_tfx.evaluation.evaluate import evaluate, trained_source
+    from ecg_tfx.models.ensemble import average, load_runs
+
+    run = RunFolder(run_dir)
+    members, spec = load_runs([run_dir])
+    trained_on = trained_source(run)
+    if trained_on in (None, manifest.source):
+        raise RuntimeError(f"{run_dir} is not recorded as trained on another source than {manifest.source}")
+    with timing.quiet():
+        return evaluate(average(members), spec, data_dir, manifest, "test",
+                        run.zero_shot_dir(manifest.source, "test"), decision=Decision.load(run.decision),
+                        trained_on=trained_on)
+
+
+def rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def scores(result: dict) -> dict:
+    """Macro and per-class record ROC AUC with their bootstrap 95% CIs, from a metrics.json dict."""
+    record, intervals = result["record"], result["record"]["confidence_intervals"]
+    return {"records": result["records"],
+            "macro": {"auc": rounded(record["roc_auc_macro"]), "ci95": [round(v, 3) for v in
+                                                                        intervals["roc_auc_macro"]]},
+            "per_class": {name: {"auc": rounded(value), "ci95": [round(v, 3) for v in
+                                                                 intervals["roc_auc_per_class"][name] or []]}
+                          for name, value in record["roc_auc_per_class"].items()}}
+
+
+def run(quick: bool = False) -> dict:
+    title = "Realism (synthetic-trained, zero-shot on real PTB-XL)"
+    ptbxl = timing.SHARED_DATA / "ptbxl"
+    if not (ptbxl / "ptbxl_database.csv").is_file():
+        return {"title": title, "conditions": {"data": f"SKIPPED: {ptbxl} (PTB-XL with ptbxl_database.csv) is "
+                                                       "absent, and the score needs real records"},
+                "ratios": [], "metrics": {}, "findings": [f"skipped: no PTB-XL at {ptbxl}"]}
+    converted = conversions()
+    (synthetic_dir, synthetic_manifest, _), (real_dir, real_manifest, _) = converted["synthetic"], converted["real"]
+    seconds = {f"convert_{name}": found[2] for name, found in converted.items()}
+    runs = {}
+    for name, data_dir in (("synthetic", synthetic_dir), ("real", real_dir)):
+        started = time.perf_counter()
+        runs[name] = train(name, data_dir)
+        seconds[f"train_{name}"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    zero = zero_shot(runs["synthetic"][0], real_dir, real_manifest)
+    seconds["zero_shot_evaluate"] = round(time.perf_counter() - started, 1)
+    zero_scores, real_scores = scores(zero), scores(runs["real"][1]["test_metrics"])
+    ratio = zero_scores["macro"]["auc"] / real_scores["macro"]["auc"]
+    per_class_ratio = {name: round(zero_scores["per_class"][name]["auc"] / value["auc"], 3)
+                       for name, value in real_scores["per_class"].items()
+                       if value["auc"] and zero_scores["per_class"][name]["auc"] is not None}
+    least = min(per_class_ratio, key=per_class_ratio.get)
+    lowest = min(zero_scores["per_class"], key=lambda n: zero_scores["per_class"][n]["auc"] or 1.0)
+    counts = {name: {split: manifest.splits[split].examples for split in ("train", "validation", "test")}
+              for name, manifest in (("synthetic", synthetic_manifest), ("real", real_manifest))}
+    epochs_note = f"{EPOCHS} epochs, float32, seed {SEED}"
+    return {
+        "title": title,
+        "conditions": {
+            "data": f"synthetic superdiagnostic cohort ({SYNTHETIC_PATIENTS} patients, one 10-s record each, "
+                    f"patient-wise 0.8/0.1/0.1) and the shared PTB-XL subset ({ptbxl}, folds 1-8/9/10), both 100 Hz, "
+                    f"12 leads; windows per split {counts}",
+            "model": f"resnet1d on 2.5-s crops, ptbxl_superdiagnostic's recipe cut to {epochs_note} "
+                     f"({runs['real'][1]['parameters']} parameters)",
+            "scored on": f"PTB-XL fold 10 (test), {real_scores['records']} records; record ROC AUC, bootstrap 95% "
+                         "CIs over records (evaluate's)",
+            "seconds": seconds,
+        },
+        "ratios": [
+            timing.target("zero-shot / real-trained macro AUC", ratio, RATIO_TARGET, True,
+                          f"{zero_scores['macro']['auc']} {zero_scores['macro']['ci95']} vs "
+                          f"{real_scores['macro']['auc']} {real_scores['macro']['ci95']}; target = the issue's "
+                          f"{ABSOLUTE_TARGET} over the full recipe's {REAL_FULL_RECIPE_AUC}"),
+            timing.target("zero-shot macro AUC (absolute)", zero_scores["macro"]["auc"], ABSOLUTE_TARGET, True,
+                          f"the issue's realism target; CI {zero_scores['macro']['ci95']}"),
+        ],
+        "metrics": {"zero_shot_synthetic_trained": zero_scores, "real_trained": real_scores,
+                    "per_class_ratio": per_class_ratio,
+                    "synthetic_own_test_macro_auc": round(runs["synthetic"][1]["test_metrics"]["record"]
+                                                          ["roc_auc_macro"], 3)},
+        "findings": [
+            f"least realistic class: {least} (zero-shot/real-trained AUC {per_class_ratio[least]}; "
+            f"zero-shot {zero_scores['per_class'][least]['auc']} vs {real_scores['per_class'][least]['auc']}); "
+            f"lowest zero-shot AUC: {lowest} ({zero_scores['per_class'][lowest]['auc']})",
+            "one seed on 53 test records: a macro CI spans about +-0.07, so a ratio difference below ~0.1 between "
+            "two runs of this section is not a change of the generator",
+        ],
+    }
