@@ -1,6 +1,6 @@
 """Runs the benchmarks and writes bench/results.md and bench/results.json.
 
-    python bench/run.py                      # every section (about 13-16 minutes on 2 cores, realism ~6.5)
+    python bench/run.py                      # every section (about 12-16 minutes on 2 cores, realism 5.5-6.5)
     python bench/run.py --only=conversion,serving --quick
 
 Each section prints its ratios (measured side by side, interleaved, median of repetitions) as it finishes.
