@@ -144,25 +144,30 @@ def test_best_checkpoint_ignores_warmup_epochs(tmp_path):
     assert callback.best == 0.8
 
 
-def test_a_run_whose_weights_stop_being_finite_stops_before_any_checkpoint(tmp_path):
+def test_a_run_whose_weights_stop_being_finite_stops_at_that_step_before_any_checkpoint(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
     y = (x[:, :1] > 0).astype(np.float32)
 
-    def fit(model: keras.Model, name: str) -> None:
+    def fit(model: keras.Model, name: str, inputs: np.ndarray = x) -> None:
         model.compile(optimizer="sgd", loss="binary_crossentropy")
         best = BestCheckpoint(str(tmp_path / name), monitor="loss", mode="min", save_best_only=True)
-        model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[FiniteWeights(), best])
+        model.fit(inputs, y, epochs=2, batch_size=8, shuffle=False, verbose=0, callbacks=[FiniteWeights(), best])
 
-    healthy = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
-                                keras.layers.Dense(1, activation="sigmoid")])
-    fit(healthy, "healthy.keras")
-    assert (tmp_path / "healthy.keras").exists()
-    diverged = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
+    def model() -> keras.Model:
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
                                  keras.layers.Dense(1, activation="sigmoid")])
+
+    fit(model(), "healthy.keras")
+    assert (tmp_path / "healthy.keras").exists()
+    diverged = model()
     diverged.layers[1].moving_variance.assign(np.full(3, np.nan, np.float32))  # as the collapsed PTB-XL runs had
-    with pytest.raises(TrainingDiverged, match=r"epoch 1: .*moving_variance is not finite.*--learning_rate"):
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 1: .*moving_variance is not finite.*--learning_rate"):
         fit(diverged, "diverged.keras")
-    assert not (tmp_path / "diverged.keras").exists()
+    poisoned = x.copy()
+    poisoned[26] = np.inf  # the 4th batch of 8: its step makes every weight NaN
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step 4: .*dense.*kernel is not finite"):
+        fit(model(), "poisoned.keras", poisoned)
+    assert not (tmp_path / "diverged.keras").exists() and not (tmp_path / "poisoned.keras").exists()
 
 
 def weights(path: pathlib.Path) -> list[np.ndarray]:
