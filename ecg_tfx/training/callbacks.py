@@ -58,9 +58,9 @@ class FiniteWeights(keras.callbacks.Callback):
 
     Keras's TerminateOnNaN watches the loss, which stays finite while the weights are NaN: in graph mode the head's
     fused Dense + ReLU maps NaN to 0, so the output layer sees zeros and answers a constant. A diverged run would
-    otherwise train on and export a model that answers NaN. Checked after every step (one reduction over all
-    weights, ~1 ms) so the error names the step, which a `--deterministic` run resumed from the epoch's backup
-    replays; runs first among the callbacks, so no checkpoint or backup of that epoch is written.
+    otherwise train on and export a model that answers NaN. Checked after every step, so the error names the step
+    (one reduction over all weights: 10 ms against a 0.66 s bf16 step of 12-lead resnet1d at batch 64, measured at
+    load 7.5). Runs first among the callbacks, so no checkpoint or backup of that epoch is written.
     """
 
     def __init__(self):
