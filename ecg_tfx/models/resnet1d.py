@@ -31,14 +31,25 @@ BLOCK_KERNELS = (5, 3)
 BLOCK_STRIDES = (1, 2, 2)
 
 
+def strided_conv_dtype() -> str | None:
+    """The strided convolutions' dtype: float32 under mixed_bfloat16, else the global policy's (None).
+
+    On this CPU (oneDNN, AMX) the bfloat16 gradient of a stride-2 convolution's kernel is now and then not finite
+    for the same inputs, weights and dropout draws (9 of 200 repeats of one step), and AdamW then turns that
+    kernel, and within a step or two every weight, into NaN: the diverged bf16 runs (pipelines/RESULTS.md).
+    """
+    return "float32" if keras.mixed_precision.global_policy().name == "mixed_bfloat16" else None
+
+
 def _conv(x: keras.KerasTensor, filters: int, kernel: int, stride: int = 1) -> keras.KerasTensor:
-    """Bias-free convolution padded like PyTorch's `padding=(kernel-1)//2`."""
+    """Bias-free convolution padded like PyTorch's `padding=(kernel-1)//2`; strided ones in `strided_conv_dtype`."""
     if stride == 1:
         return keras.layers.Conv1D(filters, kernel, padding="same", use_bias=False)(x)
     pad = (kernel - 1) // 2
     if pad:
         x = keras.layers.ZeroPadding1D(pad)(x)
-    return keras.layers.Conv1D(filters, kernel, strides=stride, padding="valid", use_bias=False)(x)
+    return keras.layers.Conv1D(filters, kernel, strides=stride, padding="valid", use_bias=False,
+                               dtype=strided_conv_dtype())(x)
 
 
 def _basic_block(x: keras.KerasTensor, filters: int, stride: int) -> keras.KerasTensor:
