@@ -37,7 +37,7 @@ test:  ## the whole suite on both stacks, and the demo on the current one (CI ru
 
 suite: install  ## lint and the whole suite on one stack (on STACK=current the s3:// tests skip: they need TF 2.16-2.17)
 	$(PY) -m ruff check ecg_tfx tests
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 lint: install
 	$(PY) -m ruff check ecg_tfx tests
