@@ -12,8 +12,10 @@ endif
 CONSTRAINTS := $(if $(filter current,$(STACK)),constraints-current.txt,constraints.txt)
 PY := $(VENV)/bin/python
 PIPELINE ?= synthetic_quick
-# pytest-xdist processes: serially the suite keeps about 1.2 of 2 cores busy (subprocesses, TF start-up, Python).
-TEST_WORKERS ?= 2
+# pytest-xdist processes: serially the suite keeps about 1.2 of 2 cores busy (subprocesses, TF start-up, Python),
+# and a worker waiting for a shared fixture another one builds (tests/conftest.py's built_once) idles: a third
+# worker keeps both cores busy.
+TEST_WORKERS ?= 3
 
 .PHONY: install demo test suite lint bench bench-precision clean
 
