@@ -157,11 +157,13 @@ def batch_sizes(port: int) -> dict[int, int]:
 
 def model_alone(version_dir: str, window: np.ndarray, rate: int, calls: int, reps: int) -> dict[str, float]:
     """The SavedModel's `serving_default` in this process, no server: the time of `calls` recordings sent as
-    batch-1 calls from one thread, as batch-1 calls from two threads at once, and as batch-2 calls from one
-    thread (interleaved rounds; medians). What the hardware allows more clients to gain."""
+    batch-1 calls from one thread, as batch-1 calls from two threads at once, and as batch-2 and batch-8 calls
+    (the most the 8 clients can have waiting) from one thread (interleaved rounds; medians). What the hardware
+    allows more clients to gain."""
     signature = tf.saved_model.load(version_dir).signatures["serving_default"]
     one = {"ecg": tf.constant(window.astype(np.float32)[None]), "sample_rate": tf.constant([float(rate)])}
-    two = {name: tf.concat([value, value], 0) for name, value in one.items()}
+    two = {name: tf.concat([value] * 2, 0) for name, value in one.items()}
+    top = {name: tf.concat([value] * LEVELS[-1], 0) for name, value in one.items()}
 
     def sequential(inputs: dict, count: int) -> None:
         for _ in range(count):
@@ -176,7 +178,8 @@ def model_alone(version_dir: str, window: np.ndarray, rate: int, calls: int, rep
 
     times = timing.interleaved({"batch 1, 1 thread": lambda: sequential(one, calls),
                                 "batch 1, 2 threads": two_threads,
-                                "batch 2, 1 thread": lambda: sequential(two, calls // 2)}, reps)
+                                "batch 2, 1 thread": lambda: sequential(two, calls // 2),
+                                f"batch {LEVELS[-1]}, 1 thread": lambda: sequential(top, calls // LEVELS[-1])}, reps)
     return {name: calls / timing.median(values) for name, values in times.items()}
 
 
@@ -262,6 +265,7 @@ def run(quick: bool = False) -> dict:
     scaling = top["requests_per_s"] / single["requests_per_s"]
     calls, rows = sum(sizes.values()), sum(size * count for size, count in sizes.items())
     cores, busy = os.cpu_count() or 1, single["server_cores"] + single["client_cores"]
+    best = alone[f"batch {LEVELS[-1]}, 1 thread"]
     findings = [
         f"CPU: at 1 client the server kept {single['server_cores']:.2f} cores busy and the client "
         f"{single['client_cores']:.2f}; at {LEVELS[-1]} clients {top['server_cores']:.2f} and "
@@ -271,9 +275,10 @@ def run(quick: bool = False) -> dict:
         f"The model alone (no server, recordings/s): {alone['batch 1, 1 thread']:.1f} as batch-1 calls from one "
         f"thread, {alone['batch 1, 2 threads']:.1f} from two threads at once "
         f"({alone['batch 1, 2 threads'] / alone['batch 1, 1 thread']:.2f}x), {alone['batch 2, 1 thread']:.1f} as "
-        f"batch-2 calls ({alone['batch 2, 1 thread'] / alone['batch 1, 1 thread']:.2f}x): on {cores} cores that "
-        f"bounds what {LEVELS[-1]} clients can gain over one; the server at {LEVELS[-1]} clients reached "
-        f"{top['requests_per_s'] / max(alone.values()):.0%} of the best.",
+        f"batch-2 calls ({alone['batch 2, 1 thread'] / alone['batch 1, 1 thread']:.2f}x), {best:.1f} as "
+        f"batch-{LEVELS[-1]} calls ({best / alone['batch 1, 1 thread']:.2f}x): on {cores} cores that bounds what "
+        f"{LEVELS[-1]} clients can gain over one, before any per-request work (JSON, HTTP); the server at "
+        f"{LEVELS[-1]} clients reached {top['requests_per_s'] / max(alone.values()):.0%} of the best.",
         f"Where a request's time goes (profiled handler, unbatched, ms per request under cProfile): JSON -> tensor "
         f"{split['json_to_tensor']:.0f} ms, model call {split['model_call']:.0f} ms, of {split['handler']:.0f} ms.",
         f"The batched server ran {rows} recordings in {calls} model calls (mean {rows / max(calls, 1):.2f} per call, "
