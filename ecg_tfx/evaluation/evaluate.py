@@ -34,6 +34,8 @@ from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.evaluation.metrics import THRESHOLD, aggregate_by_record, compute_metrics
 
 SAMPLE_TRACES = 6
+BATCH_SIZE = 64  # windows per model call when scoring a split
+
 
 @dataclasses.dataclass
 class Predictions:
@@ -98,11 +100,16 @@ def predict(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: st
     return Predictions(record_ids, np.concatenate(probabilities), np.concatenate(targets), samples.chosen())
 
 
-def fit_decision(model, spec: ModelSpec, data_dir: str, manifest: Manifest, batch_size: int = 64,
-                 target_accuracy: float = decisions.TARGET_ACCURACY) -> Decision:
-    """The Decision fitted on the validation split's per-record probabilities (`evaluation.decision`)."""
+def fit_decision(model, spec: ModelSpec, data_dir: str, manifest: Manifest, batch_size: int = BATCH_SIZE,
+                 target_accuracy: float = decisions.TARGET_ACCURACY, predictions: Predictions | None = None
+                 ) -> Decision:
+    """The Decision fitted on the validation split's per-record probabilities (`evaluation.decision`).
+
+    `predictions`: the validation split's, when already computed (`predict`); else they are.
+    """
     manifest.check_compatible(spec)
-    predictions = predict(model, spec, data_dir, manifest, "validation", batch_size)
+    if predictions is None:
+        predictions = predict(model, spec, data_dir, manifest, "validation", batch_size)
     _, probabilities, targets = aggregate_by_record(predictions.record_ids, predictions.probabilities,
                                                     predictions.targets)
     return decisions.fit(probabilities, targets, spec.multi_label, "validation", target_accuracy)
@@ -120,16 +127,18 @@ def trained_source(run: RunFolder) -> str | None:
 
 
 def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: str, out_dir: str,
-             batch_size: int = 64, decision: Decision | None = None, trained_on: str | None = None) -> dict:
+             batch_size: int = BATCH_SIZE, decision: Decision | None = None, trained_on: str | None = None,
+             predictions: Predictions | None = None) -> dict:
     """Scores `split` per window and per record, writes all outputs into `out_dir`, returns metrics.json's dict.
 
     `decision` is what the export serves (fitted on validation); None assesses the defaults (argmax / 0.5).
     `trained_on`, the source of the model's training data when it differs from this data's, marks the
-    evaluation as zero-shot.
+    evaluation as zero-shot. `predictions`: the split's, when already computed (`predict`); else they are.
     """
     manifest.check_compatible(spec)
     decision = decision or Decision.default(len(spec.labels), spec.multi_label)
-    predictions = predict(model, spec, data_dir, manifest, split, batch_size)
+    if predictions is None:
+        predictions = predict(model, spec, data_dir, manifest, split, batch_size)
     records, record_probabilities, record_targets = aggregate_by_record(
         predictions.record_ids, predictions.probabilities, predictions.targets)
     record = compute_metrics(record_targets, record_probabilities, spec.labels, spec.multi_label)

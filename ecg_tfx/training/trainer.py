@@ -21,7 +21,7 @@ from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.core.run_folder import RunFolder
 from ecg_tfx.data import input_pipeline
 from ecg_tfx.evaluation import plots
-from ecg_tfx.evaluation.evaluate import evaluate, fit_decision
+from ecg_tfx.evaluation.evaluate import BATCH_SIZE, evaluate, fit_decision, predict
 from ecg_tfx.models import build_model
 from ecg_tfx.serving.exporter import export_run
 from ecg_tfx.training import distribute
@@ -190,11 +190,13 @@ def finish(config: TrainConfig, run: RunFolder, model: keras.Model, spec: ModelS
     """Plots, the decision fitted on validation, evaluation on validation and test, and the export: everything
     after fit, chief only."""
     plots.save_training_history(run.history, run.history_plot)
-    decision = fit_decision(model, spec, config.data_dir, manifest)
+    validation = predict(model, spec, config.data_dir, manifest, "validation", BATCH_SIZE)  # used twice
+    decision = fit_decision(model, spec, config.data_dir, manifest, predictions=validation)
     decision.save(run.decision)
     for split in ("validation", "test"):
         info[f"{split}_metrics"] = evaluate(model, spec, config.data_dir, manifest, split, run.evaluation_dir(split),
-                                            decision=decision)
+                                            decision=decision,
+                                            predictions=validation if split == "validation" else None)
     if config.export:
         info["export"] = export_run(run.path, config.export_dir or run.export, config.model_name,
                                     tflite=config.tflite, data_dir=config.data_dir,
