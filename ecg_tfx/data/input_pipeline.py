@@ -9,6 +9,8 @@ between workers, shuffled and augmented afresh in each epoch; batched; prefetche
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 from ecg_tfx.core import schema
@@ -44,6 +46,12 @@ def _read(files: list[str], compression: str, shuffle_seed: int | None = None) -
         cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _plain(function: Callable) -> Callable:
+    """`function` traced as written: it has no Python control flow on tensors, so AutoGraph's source rewriting
+    (seconds per process for the preprocessing and augmentation code) is skipped."""
+    return tf.autograph.experimental.do_not_convert(function)
+
+
 def _decode(spec: ModelSpec):
     def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = schema.parse_examples(serialized, spec.window_samples, len(spec.leads))
@@ -60,7 +68,7 @@ def _examples(files: list[str], compression: str, spec: ModelSpec, cache: str, s
               ) -> tf.data.Dataset:
     """Preprocessed examples (dicts) in a fixed order, cached: 'memory', '' (none) or a file path prefix."""
     dataset = _read(files, compression, shuffle_seed)
-    dataset = dataset.batch(_PARSE_BATCH).map(_decode(spec), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    dataset = dataset.batch(_PARSE_BATCH).map(_plain(_decode(spec)), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     return dataset.cache("" if cache == "memory" else cache) if cache else dataset
 
 
@@ -150,7 +158,7 @@ def make_dataset(
         if with_record_ids:
             return dataset.map(lambda x: {k: x[k] for k in ("signal", "target", "record_id")}).batch(
                 batch_size).prefetch(tf.data.AUTOTUNE)
-        dataset = dataset.map(lambda x: _crops(x, spec), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        dataset = dataset.map(_plain(lambda x: _crops(x, spec)), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if weights is not None:
         class_weight = tf.constant(weights, tf.float32)
@@ -186,7 +194,7 @@ def _training_batches(data_dir: str, manifest: Manifest, split: str, spec: Model
         draws = example_seed(seed, example["epoch"], example["example"])
         return {**example, "signal": augment(example["signal"][tf.newaxis], config, draws)[0]}
 
-    stream = stream.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+    stream = stream.map(_plain(augmented), num_parallel_calls=tf.data.AUTOTUNE)
     return stream.batch(batch_size, drop_remainder=drop_remainder)
 
 
