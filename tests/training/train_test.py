@@ -48,10 +48,12 @@ def history(run_dir: pathlib.Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("model", ["cnn", "resnet1d", "features"])
-def test_each_model_trains_two_epochs(data_dir, tmp_path, model):
+@pytest.mark.parametrize("model, strategy", [("cnn", "mirrored"), ("resnet1d", "auto"), ("features", "auto")])
+def test_each_model_trains_two_epochs(data_dir, tmp_path, model, strategy):
+    """The CLI's whole run for each model; the cnn's over two virtual CPUs (MirroredStrategy, 2 replicas)."""
     run_train(f"--data_dir={data_dir}", f"--run_dir={tmp_path}", f"--model={model}", "--epochs=2",
-              "--batch_size=8", "--input_seconds=5", "--export=false")
+              "--batch_size=8", "--input_seconds=5", "--export=false", f"--strategy={strategy}",
+              *(["--virtual_cpus=2"] if strategy == "mirrored" else []))
     for name in ("model.keras", "best.keras", "model_spec.json", "labels.json", "flags.txt", "history.csv",
                  "training_history.png", "metrics.json", "classification_report.txt", "confusion_matrix.png",
                  "roc.png", "sample_predictions.png", "decision.json", "reliability.png", "coverage.png"):
@@ -65,17 +67,11 @@ def test_each_model_trains_two_epochs(data_dir, tmp_path, model):
     assert json.loads((tmp_path / "labels.json").read_text())["labels"] == list(spec.labels)
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["precision"] in distribute.PRECISIONS and info["precision_reason"]
+    if strategy == "mirrored":
+        assert info["strategy"] == "MirroredStrategy" and info["replicas"] == 2
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     probabilities = reloaded(np.zeros((2, 500, 12), np.float32))
     assert probabilities.shape == (2, 5)
-
-
-def test_mirrored_over_two_virtual_cpus(data_dir, tmp_path):
-    run_train(f"--data_dir={data_dir}", f"--run_dir={tmp_path}", "--strategy=mirrored", "--virtual_cpus=2",
-              "--epochs=2", "--batch_size=8", "--export=false")
-    info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["strategy"] == "MirroredStrategy" and info["replicas"] == 2
-    assert len(history(tmp_path)) == 2
 
 
 def test_one_cycle_schedule_spans_the_run(data_dir, tmp_path):
@@ -99,15 +95,16 @@ def test_one_cycle_schedule_spans_the_run(data_dir, tmp_path):
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_each_precision_policy_trains(data_dir, policy):
     manifest = Manifest.load(data_dir)
-    spec = manifest.model_spec("cnn", input_seconds=5)
+    spec = manifest.model_spec("cnn", input_seconds=2.5)
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model = build_model("cnn", 12, 5, False, 100, 500)
+        model = build_model("cnn", 12, 5, False, 100, 250)
         model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
-        dataset = input_pipeline.make_dataset(data_dir, manifest, "train", spec, 8, True,
-                                              AugmentConfig(crop_samples=500))
-        # Three batches per epoch: float16 has no fast CPU kernels, and the policy shows in the first step.
-        losses = model.fit(dataset.take(3), epochs=2, verbose=0).history["loss"]
+        dataset = input_pipeline.make_dataset(data_dir, manifest, "train", spec, 2, True,
+                                              AugmentConfig(crop_samples=250))
+        # Two small batches per epoch: float16 has no fast CPU kernels (~5 s a step of 8 x 500 x 12 samples),
+        # and the policy shows in the first step.
+        losses = model.fit(dataset.take(2), epochs=2, verbose=0).history["loss"]
         assert model.layers[1].compute_dtype == policy.replace("mixed_", "")
         assert all(v.dtype == "float32" for v in model.trainable_variables)
         assert model.output.dtype == "float32" and np.all(np.isfinite(losses))
