@@ -82,7 +82,8 @@ def predict(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: st
     manifest.split(split)  # ValueError naming the splits there are
     dataset = make_dataset(data_dir, manifest, split, spec, batch_size, training=False, cache="",
                            with_record_ids=True)
-    probabilities_of = tf.function(lambda windows: window_probabilities(model, windows, spec), reduce_retracing=True)
+    probabilities_of = tf.function(lambda windows: window_probabilities(model, windows, spec), reduce_retracing=True,
+                                   autograph=False)
     lead = plot_lead(spec)
     record_ids: list[str] = []
     probabilities, targets = [], []

@@ -61,12 +61,13 @@ class ExportModule(tf.Module):
                                          name="decision_json")
         self.labels_file = tf.saved_model.Asset(labels_path)
         num_leads = len(spec.leads)
-        self.serve_ecg = tf.function(self._serve_ecg, input_signature=[
+        self.serve_ecg = tf.function(self._serve_ecg, autograph=False, input_signature=[
             tf.TensorSpec([None, None, num_leads], tf.float32, name="ecg"),
             tf.TensorSpec([None], tf.float32, name="sample_rate")])
-        self.serve_examples = tf.function(self._serve_examples, input_signature=[
+        self.serve_examples = tf.function(self._serve_examples, autograph=False, input_signature=[
             tf.TensorSpec([None], tf.string, name="examples")])
-        self.classify = tf.function(self._classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        self.classify = tf.function(self._classify, autograph=False,
+                                    input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
     def serve(self, windows: tf.Tensor) -> tf.Tensor:
         """The core: raw mV windows [n, window_samples, leads] at the spec's rate -> raw probabilities [n, classes]."""
@@ -99,7 +100,7 @@ class ExportModule(tf.Module):
     def _parse(self, examples: tf.Tensor) -> tf.Tensor:
         return checked_windows(self._spec, examples)
 
-    @tf.function(input_signature=[])
+    @tf.function(input_signature=[], autograph=False)
     def metadata(self) -> dict[str, tf.Tensor]:
         """Class names, leads, sample rate, window length and the JSON of the ModelSpec, input contract and Decision."""
         return {

@@ -81,7 +81,8 @@ def preprocessing_model(spec: ModelSpec, method: str = "rfft_only") -> bytes:
     signal: with a variant's whole-model latency, the profile of where its time goes (LiteRT's Python interpreter
     has no op-level profiler)."""
     signature = [tf.TensorSpec([1, spec.window_samples, len(spec.leads)], tf.float32)]
-    function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing, method), input_signature=signature)
+    function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing, method), input_signature=signature,
+                           autograph=False)
     return tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function).convert()
 
 
@@ -256,7 +257,7 @@ def preprocessing_latencies(spec: ModelSpec, window: np.ndarray) -> dict:
     content = preprocessing_model(spec)
     runners = {str(threads): TFLiteRunner(content, threads) for threads in LATENCY_THREADS}
     tflite = {threads: median_ms(lambda r=runner: r(window)) for threads, runner in runners.items()}
-    function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing),
+    function = tf.function(lambda ecg: preprocess(ecg, spec.preprocessing), autograph=False,
                            input_signature=[tf.TensorSpec(window.shape, tf.float32)])
     return {"tflite_float32": tflite, "tensorflow": median_ms(lambda: function(tf.constant(window)))}
 
