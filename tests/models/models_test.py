@@ -182,10 +182,11 @@ def test_features_of_flat_signal_are_finite_and_report_no_rhythm() -> None:
     assert features[FEATURE_NAMES.index("heart_rate_bpm")] == 0.0
 
 
-def test_features_model_reloads_from_keras_file_without_custom_objects(tmp_path) -> None:
-    model = build_model("features", 12, 3, True, RATE, window_samples=WINDOW)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_each_model_reloads_from_keras_file_without_custom_objects(name: str, tmp_path) -> None:
+    model = build_model(name, 12, 3, True, RATE, window_samples=WINDOW)
     x = np.random.default_rng(4).normal(size=(2, WINDOW, 12)).astype(np.float32)
-    path = str(tmp_path / "features.keras")
+    path = str(tmp_path / f"{name}.keras")
     model.save(path)
     reloaded = keras.models.load_model(path)
     np.testing.assert_allclose(reloaded(x).numpy(), model(x).numpy(), atol=1e-6)
