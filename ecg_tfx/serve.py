@@ -99,8 +99,7 @@ def main(argv: list[str]) -> None:
     batcher = Batcher(parameters) if parameters else None
     model = Model.load(_MODEL_NAME.value, _MODEL_BASE_PATH.value, labels, batcher)
     # Keep the loaded TensorFlow and Keras objects (~600k) out of the garbage collector's full passes: each pass
-    # over them held the GIL ~0.85 s and stalled every request in flight (bench serving, 8 clients: p99/p50 4.3
-    # before, 1.7 after; requests/s 1.4x one client's before, 1.9x after).
+    # over them held the GIL ~0.85 s and stalled every request in flight (measured in serving/README.md).
     gc.freeze()
     models = {model.name: model}
     limits = ServerLimits(_MAX_REQUEST_BYTES.value, _MAX_CONCURRENT_REQUESTS.value, _READ_TIMEOUT_S.value)
