@@ -22,7 +22,8 @@ from absl import app, flags
 from ecg_tfx.core import storage
 from ecg_tfx.serving.exporter import REPORT_FILE, export_run
 from ecg_tfx.serving.precision import COMPUTE_DTYPES
-from ecg_tfx.serving.tflite import VARIANTS, summary_lines
+from ecg_tfx.serving.tflite import summary_lines
+from ecg_tfx.serving.tflite_flags import TFLITE_VARIANTS
 
 _RUN_DIR = flags.DEFINE_list("run_dir", None, "Training run folder (model.keras, model_spec.json), or a "
                              "comma-separated list of runs of one task (one model spec): their seed ensemble.")
@@ -38,12 +39,6 @@ _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", COMPUTE_DTYPES,
                                    "The SavedModel's compute dtype: float32 runs on every CPU and GPU; bfloat16 "
                                    "(CPUs with AVX-512 BF16/AMX, TPUs) or float16 (GPUs) need a run trained under a "
                                    "mixed policy. TFLite models always compute in float32 (or integers).")
-_TFLITE_VARIANTS = flags.DEFINE_list(
-    "tflite_variants", list(VARIANTS), "Which TFLite variants --tflite writes. int16x8 (int16 activations) "
-    "has no XNNPACK kernels: on a CPU it runs on LiteRT's reference kernels (hundreds of ms per window), so leave it "
-    "out unless the target has a 16x8 accelerator.")
-flags.register_validator("tflite_variants", lambda v: set(v) <= set(VARIANTS) and bool(v),
-                         f"--tflite_variants takes some of {','.join(VARIANTS)}")
 flags.mark_flags_as_required(["run_dir", "export_dir"])
 flags.register_validator("model_name", lambda name: bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)),
                          "--model_name may hold only letters, digits, '_', '.' and '-'")
@@ -55,7 +50,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     path = export_run(_RUN_DIR.value, _EXPORT_DIR.value, _MODEL_NAME.value, _VERSION.value, _TFLITE.value,
-                      _DATA_DIR.value, _COMPUTE_DTYPE.value, tflite_variants=_TFLITE_VARIANTS.value)
+                      _DATA_DIR.value, _COMPUTE_DTYPE.value, tflite_variants=TFLITE_VARIANTS.value)
     print(f"wrote {path}")
     if _TFLITE.value:
         print("\n".join(summary_lines(storage.read_json(storage.join(path, REPORT_FILE)))))

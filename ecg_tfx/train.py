@@ -19,7 +19,8 @@ from ecg_tfx.core import storage
 from ecg_tfx.data import conversion, conversion_flags
 from ecg_tfx.data.sources import SourceError
 from ecg_tfx.models import MODELS
-from ecg_tfx.serving.tflite import REPORT_FILE, VARIANTS, summary_lines
+from ecg_tfx.serving.tflite import REPORT_FILE, summary_lines
+from ecg_tfx.serving.tflite_flags import TFLITE_VARIANTS
 from ecg_tfx.training import distribute
 from ecg_tfx.training.config import LR_SCHEDULES, TrainConfig
 from ecg_tfx.training.trainer import train
@@ -106,13 +107,6 @@ _TFLITE = flags.DEFINE_bool("tflite", _DEFAULTS.tflite, "Also export the TFLite 
                             "dynamic_range, int8, int8_body, int16x8) and print their size, latency, agreement and "
                             "verdict; agreement is measured on the test split (see `ecg_tfx.export --tflite`).")
 
-_TFLITE_VARIANTS = flags.DEFINE_list(
-    "tflite_variants", list(_DEFAULTS.tflite_variants), "Which TFLite variants --tflite writes. int16x8 (int16 "
-    "activations) has no XNNPACK kernels: on a CPU it runs on LiteRT's reference kernels (hundreds of ms per "
-    "window), so leave it out unless the target has a 16x8 accelerator.")
-flags.register_validator("tflite_variants", lambda v: set(v) <= set(VARIANTS) and bool(v),
-                         f"--tflite_variants takes some of {','.join(VARIANTS)}")
-
 flags.mark_flags_as_required(["data_dir", "run_dir"])
 flags.register_validator("scale_range", lambda v: not v or (len(v) == 2 and 0 < float(v[0]) <= float(v[1])),
                          "--scale_range takes two gains low,high with 0 < low <= high, or nothing")
@@ -138,7 +132,7 @@ def config_from_flags() -> TrainConfig:
         precision=_PRECISION.value, virtual_cpus=_VIRTUAL_CPUS.value, cache=_CACHE.value,
         deterministic=_DETERMINISTIC.value, export=_EXPORT.value, export_dir=_EXPORT_DIR.value,
         model_name=_MODEL_NAME.value, tflite=_TFLITE.value,
-        tflite_variants=tuple(_TFLITE_VARIANTS.value))
+        tflite_variants=tuple(TFLITE_VARIANTS.value))
 
 
 def main(argv: list[str]) -> None:

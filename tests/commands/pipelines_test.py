@@ -31,7 +31,10 @@ for job in json.loads(sys.argv[1]):
                                                                  "input_seconds")}))
 """
 PRETRAIN = REPO / "pipelines" / "synthetic_pretrain.flags"
-JOBS = [(str(path),) for path in FLAGFILES] + [(str(PRETRAIN), "--labels=")]  # labels do not matter for --init_from
+DEMO = REPO / "pipelines" / "synthetic_quick.flags"
+BAD_VARIANT = (str(DEMO), "--tflite_variants=float32,int4")
+JOBS = [(str(path),) for path in FLAGFILES] + [(str(PRETRAIN), "--labels="),  # labels do not matter for --init_from
+                                               BAD_VARIANT]
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,10 @@ def test_fine_tuning_pipelines_take_the_pretrained_models_input(name: str, parse
         assert fine_tune[key] == pretrain[key], key
 
 
+def test_an_unknown_tflite_variant_is_refused_when_the_flags_are_parsed(parsed):
+    assert "--tflite_variants takes some of float32,float16," in parsed[BAD_VARIANT]["error"]
+
+
 # Plans the demo's conversion (record metadata only, no signal is made) and counts its test windows.
 DEMO_TEST_WINDOWS = """
 import sys
@@ -85,9 +92,8 @@ print(sum(plan.window.window_count(round(item.ref.duration_s * plan.window.sampl
 
 
 def test_the_demo_exports_tflite_with_enough_test_windows_to_judge_each_variant():
-    flagfile = REPO / "pipelines" / "synthetic_quick.flags"
-    assert "--tflite" in flagfile.read_text().split()
-    result = subprocess.run([sys.executable, "-c", DEMO_TEST_WINDOWS, str(flagfile)], capture_output=True, text=True,
+    assert "--tflite" in DEMO.read_text().split()
+    result = subprocess.run([sys.executable, "-c", DEMO_TEST_WINDOWS, str(DEMO)], capture_output=True, text=True,
                             cwd=REPO, timeout=600)  # TensorFlow's import alone took > 120 s at load 11 on 2 cores
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.strip().splitlines()[-1]) >= tflite.MIN_AGREEMENT_WINDOWS
