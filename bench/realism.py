@@ -25,9 +25,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 SYNTHETIC_PATIENTS = 600
-# Epochs per cohort. The synthetic one trains briefly: on PTB-XL folds 1-9 (never the test fold) zero-shot AUC fell
-# the longer a model trained on synthetic records, 0.782 +- 0.008 after 5 epochs of 600 patients (5 seeds) against
-# 0.727 +- 0.013 after 10 (3 seeds; pipelines/RESULTS.md, "How long to train on synthetic records").
+# Epochs per cohort. The synthetic arm is pipelines/synthetic_zero_shot.flags' recipe (600 patients, 5 epochs; its
+# header says why it trains briefly), the real arm ptbxl_superdiagnostic's cut to 10 epochs.
 EPOCHS = {"synthetic": 5, "real": 10}
 SEED = 0
 # The issue's zero-shot target (macro AUC >= 0.80) over what the full recipe reaches on real data (0.837, the mean
