@@ -47,9 +47,8 @@ class _BodyScaled:
     The learning rate is scaled in `update_step`, not the gradient: Adam's update does not change when its
     gradients are scaled. The body's weight decay is applied there too, before the update as Keras decays the
     others, with no state changed while a step is traced (MirroredStrategy traces replicas in threads).
-    Variables are told apart by their index in the optimizer (fixed when it is built). A model.keras saved with
-    it loads anywhere with compile=False (as evaluate, export and warm starts load it); compiled, after importing
-    this module, which registers the classes.
+    Variables are told apart by their index in the optimizer (fixed when it is built). Plain Keras cannot rebuild
+    it, so a run's .keras files are written without it (`portable`).
     """
 
     def __init__(self, *args, body_lr_factor: float = 1.0, body_paths: Iterable[str] = (), **kwargs):
@@ -94,3 +93,13 @@ class BodyScaledAdamW(_BodyScaled, keras.optimizers.AdamW):
 def body_variable_paths(model: keras.Model) -> list[str]:
     """The paths of the body's trainable variables (what `_BodyScaled` scales)."""
     return [variable.path for layer in body_layers(model) for variable in layer.trainable_weights]
+
+
+def portable(model: keras.Model) -> keras.Model:
+    """What a run's .keras file holds, so that plain Keras loads it, compiled or not: `model` itself (with its
+    Keras optimizer), or, when its optimizer is body-scaled (a class only ecg_tfx defines), the same layers as an
+    uncompiled model. run_info.json records the fine-tuning settings; evaluation, export and warm starts load
+    weights alone."""
+    if not isinstance(model.optimizer, _BodyScaled):
+        return model
+    return keras.Model(model.input, model.output, name=model.name)  # the same layers: no copy of the weights

@@ -27,7 +27,7 @@ from ecg_tfx.serving.exporter import export_run
 from ecg_tfx.training import distribute
 from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger, FiniteWeights, ResumableBackup
 from ecg_tfx.training.config import TrainConfig
-from ecg_tfx.training.fine_tuning import BodyScaledAdam, BodyScaledAdamW, FreezeBody, body_variable_paths
+from ecg_tfx.training.fine_tuning import BodyScaledAdam, BodyScaledAdamW, FreezeBody, body_variable_paths, portable
 from ecg_tfx.training.warm_start import warm_start
 
 
@@ -179,10 +179,21 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
         except tf.errors.NotFoundError:  # another worker removed it first (or the store has no folders)
             pass
         return info
-    model.save(run.model)  # the best weights (EarlyStopping restores them)
-    if not tf.io.gfile.exists(run.best):
-        model.save(run.best)
+    save_models(model, run)
     return finish(config, run, model, spec, manifest, info)
+
+
+def save_models(model: keras.Model, run: RunFolder) -> None:
+    """model.keras (the best weights: EarlyStopping restored them) and best.keras, both as plain Keras loads them
+    (`fine_tuning.portable`): BestCheckpoint's best.keras is rewritten when it carries a body-scaled optimizer."""
+    saved = portable(model)
+    saved.save(run.model)
+    if not tf.io.gfile.exists(run.best):
+        saved.save(run.best)
+    elif saved is not model:
+        tmp = storage.temporary_name(run.best) + ".keras"  # Keras writes only names ending in .keras
+        keras.saving.load_model(run.best, compile=False).save(tmp)
+        storage.publish(tmp, run.best)
 
 
 def finish(config: TrainConfig, run: RunFolder, model: keras.Model, spec: ModelSpec, manifest: Manifest,

@@ -141,3 +141,23 @@ def test_a_warm_started_run_fine_tunes_over_two_replicas(tiny_conversion, tiny_r
     pretrained = keras.saving.load_model(tiny_run / "model.keras", compile=False)
     final = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     assert not _same(_weights(body_layers(final)), _weights(body_layers(pretrained)))
+    # Both model files load in plain Keras, compiled as by default, with the weights the run kept:
+    signal = np.random.default_rng(0).normal(size=(2, *final.input_shape[1:])).astype(np.float32)
+    np.save(tmp_path / "signal.npy", signal)
+    plain = subprocess.run([sys.executable, "-c", _PLAIN_KERAS, str(tmp_path)], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    for name in ("model.keras", "best.keras"):
+        ours = keras.saving.load_model(tmp_path / name, compile=False)
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), ours(signal), rtol=1e-5, atol=1e-6)
+
+
+_PLAIN_KERAS = """
+import pathlib, sys
+import keras, numpy as np
+folder = pathlib.Path(sys.argv[1])
+for name in ("model.keras", "best.keras"):
+    model = keras.saving.load_model(folder / name)
+    np.save(folder / f"{name}.npy", model(np.load(folder / "signal.npy")))
+assert not any(module.startswith("ecg_tfx") for module in sys.modules)
+"""
