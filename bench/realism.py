@@ -1,17 +1,16 @@
 """Section 6, realism (issue #17): a model trained on synthetic ECGs only, scored zero-shot on real PTB-XL, against
 the same model trained on real PTB-XL.
 
-Side by side in one run: a small synthetic superdiagnostic cohort (`--labels=superdiagnostic`: PTB-XL's NORM, MI, STTC,
-CD, HYP, multi-label; one 10-s record per patient at 100 Hz, 12 leads, patient-wise 0.8/0.1/0.1) and the shared PTB-XL
-subset at 100 Hz with the same labels (its folds: 1-8 train, 9 validation, 10 test) are converted, and the same model
-and recipe (`pipelines/ptbxl_superdiagnostic.flags`' resnet1d on 2.5-s crops, one-cycle AdamW, cut to EPOCHS epochs,
-fewer for the synthetic cohort, float32, seed 0) is trained on each. Both are scored on PTB-XL's fold 10: the
-real-trained run by its own test evaluation, the synthetic one zero-shot through the code `python -m ecg_tfx.evaluate`
-runs (its run loaded by `load_runs`, its source by `trained_source`, its own decision.json). The realism ratio is the
-zero-shot macro record ROC AUC over the real-trained one (the issue's "ratio to the same model trained on real data");
-the bootstrap 95% CIs are evaluate's (1000 resamples of the 53 test records), the ratio's a paired bootstrap of the
-same resamples over both runs' record predictions. `quick` changes nothing: fewer epochs would change the figure, not
-only its noise.
+Side by side in one run, each arm built from its pipeline flagfile as `python -m ecg_tfx.train --flagfile=...` builds
+it (`recipe`): the synthetic arm is `pipelines/synthetic_zero_shot.flags` as it stands (a small synthetic
+superdiagnostic cohort, trained briefly: its header says why), the real arm `pipelines/ptbxl_superdiagnostic.flags`
+(the shared PTB-XL subset at 100 Hz, folds 1-8 train, 9 validation, 10 test) cut to REAL_EPOCHS epochs; both resnet1d
+on 2.5-s crops, float32, seed SEED, no export. Both are scored on PTB-XL's fold 10: the real-trained run by its own
+test evaluation, the synthetic one zero-shot through the code `python -m ecg_tfx.evaluate` runs (its run loaded by
+`load_runs`, its source by `trained_source`, its own decision.json). The realism ratio is the zero-shot macro record
+ROC AUC over the real-trained one (the issue's "ratio to the same model trained on real data"); the bootstrap 95% CIs
+are evaluate's (1000 resamples of the 53 test records), the ratio's a paired bootstrap of the same resamples over
+both runs' record predictions. `quick` changes nothing: fewer epochs would change the figure, not only its noise.
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ from bench import data, timing
 if TYPE_CHECKING:
     import numpy as np
 
-SYNTHETIC_PATIENTS = 600
-# Epochs per cohort. The synthetic arm is pipelines/synthetic_zero_shot.flags' recipe (600 patients, 5 epochs; its
-# header says why it trains briefly), the real arm ptbxl_superdiagnostic's cut to 10 epochs.
-EPOCHS = {"synthetic": 5, "real": 10}
+    from ecg_tfx.data.conversion import ConversionConfig
+    from ecg_tfx.training.config import TrainConfig
+
+FLAGFILES = {"synthetic": "pipelines/synthetic_zero_shot.flags", "real": "pipelines/ptbxl_superdiagnostic.flags"}
+REAL_EPOCHS = 10  # the real arm's cut of its recipe's 50 (patience too), to keep `make bench` short
 SEED = 0
 # The issue's zero-shot target (macro AUC >= 0.80) over what the full recipe reaches on real data (0.837, the mean
 # of seeds 0-4 of ptbxl_superdiagnostic, README): a synthetic model meeting the issue's target is at 0.96 of it.
@@ -36,47 +36,55 @@ REAL_FULL_RECIPE_AUC = 0.837
 RATIO_TARGET = round(ABSOLUTE_TARGET / REAL_FULL_RECIPE_AUC, 2)
 
 
+def recipe(name: str) -> tuple[ConversionConfig, TrainConfig]:
+    """An arm's conversion and training configs: its flagfile parsed by the `train` command's own flags, with the
+    bench's folders, seed, float32 and no export (and the real arm's shared data and epochs)."""
+    import contextlib
+
+    from absl import flags
+
+    from ecg_tfx import train as train_command
+    from ecg_tfx.data import conversion_flags
+
+    overrides = {"data_dir": data.WORKSPACE / f"tfrecords_realism_{name}", "run_dir": data.WORKSPACE /
+                 f"run_realism_{name}", "seed": SEED, "precision": "float32", "export": "false"}
+    if name == "real":
+        overrides.update(input_dir=timing.SHARED_DATA / "ptbxl", epochs=REAL_EPOCHS, patience=REAL_EPOCHS)
+    flags.FLAGS.unparse_flags()
+    with contextlib.chdir(timing.REPO):  # a flagfile names the flagfiles it includes from the repository's root
+        flags.FLAGS(["bench", f"--flagfile={FLAGFILES[name]}", *(f"--{key}={value}" for key, value in
+                                                                  overrides.items())])
+    return conversion_flags.config_from_flags(), train_command.config_from_flags()
+
+
 def conversions() -> dict:
-    """(data dir, manifest) of each cohort, converted once (later calls reuse the finished conversion)."""
+    """Each arm's (data dir, manifest, seconds to convert, TrainConfig); a later run reuses an identical finished
+    conversion and replaces a different one."""
     from absl import logging
 
     from ecg_tfx.data import conversion
 
     logging.set_verbosity(logging.ERROR)
-    common = {"labels": "superdiagnostic", "sample_rate": 100, "window_seconds": 10.0, "leads": "standard12"}
-    configs = {
-        "synthetic": conversion.ConversionConfig(source="synthetic", synthetic_patients=SYNTHETIC_PATIENTS,
-                                                 synthetic_records_per_patient=1, synthetic_duration_s=10.0,
-                                                 split="0.8,0.1,0.1", **common),
-        "real": conversion.ConversionConfig(source="ptbxl", input_dir=str(timing.SHARED_DATA / "ptbxl"),
-                                            ptbxl_resolution=100, **common),
-    }
     found = {}
-    for name, config in configs.items():
-        data_dir = str(data.WORKSPACE / f"tfrecords_realism_{name}")
+    for name in FLAGFILES:
+        conversion_config, train_config = recipe(name)
         started = time.perf_counter()
         with timing.quiet():
-            manifest = conversion.run(config, data_dir, overwrite=True)
-        found[name] = (data_dir, manifest, round(time.perf_counter() - started, 1))
+            manifest = conversion.run(conversion_config, train_config.data_dir, overwrite=True)
+        found[name] = (train_config.data_dir, manifest, round(time.perf_counter() - started, 1), train_config)
     return found
 
 
-def train(name: str, data_dir: str) -> tuple[str, dict]:
-    """Trains the recipe on one cohort (evaluating its own validation and test splits, no export); (run dir, info)."""
+def train(config: TrainConfig) -> tuple[str, dict]:
+    """Trains one arm (evaluating its own validation and test splits, no export); (run dir, info)."""
     import shutil
 
-    from ecg_tfx.training.config import TrainConfig
     from ecg_tfx.training.trainer import train as train_run
 
-    run_dir = str(data.WORKSPACE / f"run_realism_{name}")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    config = TrainConfig(data_dir=data_dir, run_dir=run_dir, model="resnet1d", input_seconds=2.5,
-                         eval_stride_seconds=1.0, epochs=EPOCHS[name], batch_size=64, lr_schedule="one_cycle",
-                         learning_rate=0.01, weight_decay=0.01, patience=EPOCHS[name], noise_std=0.05, lead_dropout=0.1,
-                         class_weights=False, precision="float32", seed=SEED, export=False)
+    shutil.rmtree(config.run_dir, ignore_errors=True)
     with timing.quiet():
         info = train_run(config)
-    return run_dir, info
+    return config.run_dir, info
 
 
 def zero_shot(run_dir: str, data_dir: str, manifest) -> dict:
@@ -171,12 +179,14 @@ def run(quick: bool = False) -> dict:
                                                        "absent, and the score needs real records"},
                 "ratios": [], "metrics": {}, "findings": [f"skipped: no PTB-XL at {ptbxl}"]}
     converted = conversions()
-    (synthetic_dir, synthetic_manifest, _), (real_dir, real_manifest, _) = converted["synthetic"], converted["real"]
+    (_, synthetic_manifest, *_), (real_dir, real_manifest, *_) = converted["synthetic"], converted["real"]
     seconds = {f"convert_{name}": found[2] for name, found in converted.items()}
+    configs = {name: found[3] for name, found in converted.items()}
+    synthetic = synthetic_manifest.config
     runs = {}
-    for name, data_dir in (("synthetic", synthetic_dir), ("real", real_dir)):
+    for name, config in configs.items():
         started = time.perf_counter()
-        runs[name] = train(name, data_dir)
+        runs[name] = train(config)
         seconds[f"train_{name}"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     zero = zero_shot(runs["synthetic"][0], real_dir, real_manifest)
@@ -193,15 +203,17 @@ def run(quick: bool = False) -> dict:
     lowest = min(zero_scores["per_class"], key=lambda n: zero_scores["per_class"][n]["auc"] or 1.0)
     counts = {name: {split: manifest.splits[split].examples for split in ("train", "validation", "test")}
               for name, manifest in (("synthetic", synthetic_manifest), ("real", real_manifest))}
-    epochs_note = f"{EPOCHS['synthetic']} (synthetic) and {EPOCHS['real']} (real) epochs, float32, seed {SEED}"
+    epochs_note = (f"{configs['synthetic'].epochs} (synthetic) and {configs['real'].epochs} (real) epochs, float32, "
+                   f"seed {SEED}")
     return {
         "title": title,
         "conditions": {
-            "data": f"synthetic superdiagnostic cohort ({SYNTHETIC_PATIENTS} patients, one 10-s record each, "
-                    f"patient-wise 0.8/0.1/0.1) and the shared PTB-XL subset ({ptbxl}, folds 1-8/9/10), both 100 Hz, "
-                    f"12 leads; windows per split {counts}",
-            "model": f"resnet1d on 2.5-s crops, ptbxl_superdiagnostic's recipe cut to {epochs_note} "
-                     f"({runs['real'][1]['parameters']} parameters)",
+            "data": f"synthetic superdiagnostic cohort ({synthetic['synthetic_patients']} patients x "
+                    f"{synthetic['synthetic_records_per_patient']} record(s) of {synthetic['synthetic_duration_s']} s, "
+                    f"patient-wise {synthetic['split']}) and the shared PTB-XL subset ({ptbxl}, folds 1-8/9/10), "
+                    f"{real_manifest.sample_rate_hz} Hz, {len(real_manifest.leads)} leads; windows per split {counts}",
+            "model": f"{configs['real'].model} on {configs['real'].input_seconds}-s crops: {FLAGFILES['synthetic']} "
+                     f"and {FLAGFILES['real']} cut to {epochs_note} ({runs['real'][1]['parameters']} parameters)",
             "scored on": f"PTB-XL fold 10 (test), {real_scores['records']} records; record ROC AUC, bootstrap 95% "
                          "CIs over records (evaluate's)",
             "seconds": seconds,
