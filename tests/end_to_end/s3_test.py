@@ -24,7 +24,7 @@ from ecg_tfx.data.conversion import ConversionConfig
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUCKET = "ecg-tfx-test"
 CONVERT_ARGS = ["--synthetic_patients=12", "--synthetic_records_per_patient=2", "--synthetic_duration_s=10",
-                "--sample_rate=100", "--shard_size_mb=0.05", "--num_workers=1"]
+                "--sample_rate=100", "--shard_size_mb=0.05", "--num_workers=2"]
 TRAIN_ARGS = ["--epochs=2", "--batch_size=8", "--warmup_epochs=0", "--input_seconds=2.5", "--model=cnn"]
 
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install 'moto[server]')")
