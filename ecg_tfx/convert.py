@@ -2,7 +2,8 @@
 
     python -m ecg_tfx.convert --output_dir=workspace/tfrecords/synthetic            # synthetic default
     python -m ecg_tfx.convert --source=ptb --input_dir=ptbdb --output_dir=workspace/tfrecords/ptb
-    python -m ecg_tfx.convert --runner=beam --beam_args="--runner=DirectRunner --direct_num_workers=2" ...
+    python -m ecg_tfx.convert --runner=beam --output_dir=... \\
+        --beam_args="--direct_num_workers=2 --direct_running_mode=multi_processing"    # in-process FnApiRunner
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Evaluates a trained model on one split and writes metrics and figures (see `ecg_tfx.evaluation`).
 
     python -m ecg_tfx.evaluate --run_dir=workspace/runs/ptb --data_dir=workspace/tfrecords/ptb [--split=test]
-    python -m ecg_tfx.evaluate --run_dir=workspace/runs/s0,workspace/runs/s1 --out_dir=workspace/runs/ensemble ...
+    python -m ecg_tfx.evaluate --run_dir=workspace/runs/s0,workspace/runs/s1 --out_dir=workspace/ensembles/s01 ...
 
 Several run folders are scored as their seed ensemble (the mean of their probabilities, as `export` serves it),
 with the decision `export --data_dir` fits for it on the validation split (written to <out_dir>/decision.json).
@@ -9,7 +9,7 @@ with the decision `export --data_dir` fits for it on the validation split (writt
 Data of another source than the run trained on is scored zero-shot (the realism score of a run trained on
 synthetic ECGs, on real PTB-XL records converted with the same classes, leads, rate and window):
 
-    python -m ecg_tfx.evaluate --run_dir=workspace/runs/synthetic_superdiagnostic \
+    python -m ecg_tfx.evaluate --run_dir=workspace/runs/synthetic_zero_shot \
         --data_dir=workspace/tfrecords/ptbxl_100hz      # -> <run_dir>/zero_shot_ptbxl_test/
 """
 

@@ -1,6 +1,7 @@
 """The converter as an Apache Beam pipeline, for data too large for one machine.
 
-    python -m ecg_tfx.convert --runner=beam --output_dir=... --beam_args="--runner=DirectRunner --direct_num_workers=2"
+    python -m ecg_tfx.convert --runner=beam --output_dir=... \\
+        --beam_args="--direct_num_workers=2 --direct_running_mode=multi_processing"
 
 It makes the same conversion as `conversion.run`: the launcher plans it from metadata alone with
 `conversion.plan_conversion` (listing, labels, leads, patient-wise splits, shard counts); the pipeline
@@ -129,7 +130,8 @@ def run(config: ConversionConfig, output_dir: str, beam_args: Sequence[str] = ()
         ) -> Manifest:
     """Converts the configured source into `output_dir` with a Beam pipeline; returns the manifest.
 
-    `beam_args` are Beam pipeline options (e.g. --runner=DataflowRunner ...); the default is the DirectRunner.
+    `beam_args` are Beam pipeline options (e.g. --runner=DataflowRunner ...); the default is the FnApiRunner
+    (`pipeline_options`).
     A finished conversion with the same config is reused; an unfinished one is converted again whole.
     """
     done = conversion.prepare_output(output_dir, dataclasses.asdict(config), overwrite)

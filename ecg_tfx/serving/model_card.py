@@ -35,7 +35,9 @@ LIMITS = (
     "sampling chains may perform worse.",
     "Calibration, thresholds and abstention were fitted on the validation split; they hold for data like it.",
     "Only the classes listed are recognised; anything else is scored as one of them or as none.",
-    "Signal quality is not yet checked in the graph: a poor recording can get a confident answer.",
+    "The in-graph signal-quality gate flags flat, clipped, noisy and wandering leads and implausible heart rates "
+    "(at a 100-Hz model rate it cannot see mains or most EMG noise); faults it does not check, such as swapped "
+    "electrodes, can still get a confident answer.",
 )
 
 
