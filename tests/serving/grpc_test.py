@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -208,6 +209,29 @@ def test_bad_predict_gets_tf_servings_code_and_rests_message(predictions, rest, 
             rest.predict(*rest_call)
         assert rest_error.value.status == 400 and rest_error.value.message == raised.value.details()
     assert predictions.Predict(predict_request({"ecg": ECG, "sample_rate": RATES}), timeout=60).outputs
+
+
+@pytest.mark.parametrize("signature, name, dtype, values, shape", [
+    ("", "ecg", "DT_FLOAT", {"float_val": [0.0]}, [1, 2**40, 12]),  # 48 TiB: numpy would fail (INTERNAL)
+    ("", "ecg", "DT_FLOAT", {"float_val": [0.0]}, [1, 10**7, 12]),  # 480 MB: built, then refused by the contract
+    ("serve_examples", "examples", "DT_STRING", {"string_val": [b"x"]}, [10**8]),  # 800 MB of references
+])
+def test_a_tensor_declaring_more_than_it_carries_is_refused_before_it_is_built(predictions, signature, name, dtype,
+                                                                               values, shape):
+    """A TensorProto's last value fills the shape it declares (as in TF Serving), so a message of a few bytes could
+    ask for any size: the server refuses one that would decode larger than a request may be, naming the limit."""
+    request = predict_request({}, signature=signature)
+    request.inputs[name].CopyFrom(tensor_pb2.TensorProto(
+        dtype=types_pb2.DataType.Value(dtype), **values,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": size} for size in shape])))
+    if signature == "":
+        request.inputs["sample_rate"].CopyFrom(tf.make_tensor_proto(RATES[:1]))
+    assert request.ByteSize() < 100
+    with pytest.raises(grpc.RpcError) as raised:
+        predictions.Predict(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert f"{name} of shape {shape} would take" in raised.value.details()
+    assert f"over the {MAX_REQUEST_BYTES} a request may carry (--max_request_bytes)" in raised.value.details()
 
 
 def test_bad_classify_metadata_and_status_requests(channel, predictions):

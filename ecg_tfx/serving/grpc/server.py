@@ -17,8 +17,9 @@ class GrpcServer:
     """PredictionService and ModelService on `host:port` (0: a free port): `with GrpcServer(models) as s: s.target`.
 
     Messages over `limits.max_request_bytes` and calls beyond `limits.max_concurrent_requests` (queued ones
-    included) are refused by gRPC itself with RESOURCE_EXHAUSTED; `slots` may be shared with the REST server so
-    the cap on requests in flight covers both.
+    included) are refused by gRPC itself with RESOURCE_EXHAUSTED, Predict inputs that would decode larger than a
+    message may be with INVALID_ARGUMENT; `slots` may be shared with the REST server so the cap on requests in
+    flight covers both.
     """
 
     def __init__(self, models: Mapping[str, Model], host: str = "127.0.0.1", port: int = 0,
@@ -32,7 +33,7 @@ class GrpcServer:
             options=[("grpc.max_receive_message_length", limits.max_request_bytes),
                      ("grpc.max_send_message_length", -1)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(models, self.slots), self._server)
+            PredictionService(models, self.slots, limits.max_request_bytes), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(models, self.slots), self._server)
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if not self.port:

@@ -9,6 +9,7 @@ without their text, which goes to the log.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from tensorflow_serving.apis import (
 )
 
 from ecg_tfx.serving.errors import INTERNAL_MESSAGE, ServingError, invalid_argument
-from ecg_tfx.serving.limits import RequestSlots
+from ecg_tfx.serving.limits import DEFAULT_MAX_REQUEST_BYTES, RequestSlots
 from ecg_tfx.serving.model_requests import (
     DEFAULT_SIGNATURE,
     classify,
@@ -62,6 +63,24 @@ def _servable(models: Mapping[str, Model], model_spec: Any) -> Servable:
     return find_servable(models, model_spec.name, version, label)
 
 
+def _tensor(name: str, proto: Any, max_bytes: int) -> Any:
+    """A request's TensorProto as a numpy array. A proto may declare more elements than it carries (its last value
+    fills the rest, as in TF Serving), so a message of a few bytes could make the server allocate any size: a tensor
+    that would decode to more than `max_bytes` (the bound on a request message) is refused before it is built."""
+    try:
+        itemsize = tf.dtypes.as_dtype(proto.dtype).size or 8  # 0 for strings: each element is an 8-byte reference
+        size = math.prod(dim.size for dim in proto.tensor_shape.dim) * itemsize
+    except TypeError:  # not a TF DataType
+        raise invalid_argument(f"tensor parsing error: {name}") from None
+    if size > max_bytes:
+        raise invalid_argument(f"tensor {name} of shape {[dim.size for dim in proto.tensor_shape.dim]} would take "
+                               f"{size} bytes, over the {max_bytes} a request may carry (--max_request_bytes)")
+    try:
+        return tf.make_ndarray(proto)
+    except (TypeError, ValueError):
+        raise invalid_argument(f"tensor parsing error: {name}") from None
+
+
 def _fill_spec(model_spec: Any, name: str, servable: Servable, signature: str) -> None:
     model_spec.name = name
     model_spec.version.value = servable.version
@@ -69,11 +88,14 @@ def _fill_spec(model_spec: Any, name: str, servable: Servable, signature: str) -
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict, Classify and GetModelMetadata; Regress and MultiInference answer UNIMPLEMENTED."""
+    """Predict, Classify and GetModelMetadata; Regress and MultiInference answer UNIMPLEMENTED. A Predict input
+    may decode to at most `max_tensor_bytes` (`_tensor`)."""
 
-    def __init__(self, models: Mapping[str, Model], slots: RequestSlots):
+    def __init__(self, models: Mapping[str, Model], slots: RequestSlots,
+                 max_tensor_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
         self.models = dict(models)
         self.slots = slots
+        self.max_tensor_bytes = max_tensor_bytes
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _guarded(self.slots, context, lambda: self._predict(request))
@@ -91,12 +113,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         if signature not in servable.signature_defs:
             raise invalid_argument(f'Serving signature name: "{signature}" not found in signature def')
-        tensors = {}
-        for name, proto in request.inputs.items():
-            try:
-                tensors[name] = tf.make_ndarray(proto)
-            except (TypeError, ValueError):
-                raise invalid_argument(f"tensor parsing error: {name}") from None
+        tensors = {name: _tensor(name, proto, self.max_tensor_bytes) for name, proto in request.inputs.items()}
         outputs = run_signature(servable, signature, tensors)
         wanted = list(request.output_filter) or sorted(outputs)
         for name in wanted:

@@ -40,6 +40,16 @@ def _json_type(value: Any) -> str:
     return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
 
 
+def _utf8(text: str) -> bytes:
+    """A request string as UTF-8; a lone UTF-16 surrogate (a "\\ud800" escape without its pair), which TF Serving's
+    parser refuses, gets 400 here too."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as error:
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string: a lone UTF-16 surrogate "
+                               f"{error.object[error.start]!r}") from None
+
+
 def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
@@ -102,7 +112,7 @@ def _converter(dtype: int) -> tuple[np.dtype, Callable[[Any], Any]]:
     if dtype == types_pb2.DT_STRING:
         def to_bytes(value: Any) -> bytes:
             if isinstance(value, str):
-                return value.encode()
+                return _utf8(value)
             if isinstance(value, dict):
                 return _decode_b64(value)
             raise type_error(value)
@@ -213,6 +223,8 @@ def parse_json_object(body: bytes) -> dict:
         raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from None
     except json.JSONDecodeError as error:
         raise invalid_argument(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
+    except ValueError:  # an integer literal longer than Python converts (sys.get_int_max_str_digits(): 4300)
+        raise invalid_argument("JSON Parse error: Number too big to be stored in double") from None
     if json_depth(body) > MAX_JSON_DEPTH:
         raise too_deep
     if not isinstance(doc, dict):
@@ -330,7 +342,7 @@ def _feature_from_json(name: str, content: Any) -> tf.train.Feature:
                                        "precision.")
             add("float_list", value)
         elif isinstance(value, str):
-            add("bytes_list", value.encode())
+            add("bytes_list", _utf8(value))
         elif _is_b64(value):
             add("bytes_list", _decode_b64(value))
         else:
@@ -343,6 +355,7 @@ def _example_from_json(value: Any) -> tf.train.Example:
         raise invalid_argument(f"Example must be JSON object but got JSON {_json_type(value)}")
     example = tf.train.Example()
     for name, content in value.items():
+        _utf8(name)  # a feature name is a proto string
         example.features.feature[name].CopyFrom(_feature_from_json(name, content))
     return example
 
