@@ -139,6 +139,19 @@ def classify(servable: Servable, signature: str, examples: Sequence[bytes]) -> t
     return labels, (scores.astype(np.float32) if scores is not None else np.zeros(shape, np.float32))
 
 
+def regress(servable: Servable, signature: str) -> None:
+    """TF Serving's Regress, on exports that hold no regression signature: the error TF Serving answers for the
+    signature asked for (INVALID_ARGUMENT); one that is a regression signature is not served (UNIMPLEMENTED)."""
+    name = signature or DEFAULT_SIGNATURE
+    signature_def = servable.signature_defs.get(name)
+    if signature_def is None:
+        raise invalid_argument(f"No signature was found with the name: {name}")
+    if signature_def.method_name != tf.saved_model.REGRESS_METHOD_NAME:
+        raise invalid_argument("Expected regression signature method_name to be "
+                               f"{tf.saved_model.REGRESS_METHOD_NAME}. Was: {signature_def.method_name}")
+    raise from_code("UNIMPLEMENTED", f"This server does not run regression signatures ({name})")
+
+
 def status_response(model: Model, version: int | None) -> dict:
     """GetModelStatusResponse as JSON: every loaded version (newest first) or the one asked for."""
     if version is not None and version not in model.servables:

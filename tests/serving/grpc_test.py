@@ -16,6 +16,7 @@ from tensorflow_serving.apis import (
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from ecg_tfx.core import schema
@@ -250,6 +251,11 @@ def test_bad_classify_metadata_and_status_requests(channel, predictions):
     status_of_version_9 = get_model_status_pb2.GetModelStatusRequest()
     status_of_version_9.model_spec.name = "ecg"
     status_of_version_9.model_spec.version.value = 9
+    regress = regression_pb2.RegressionRequest()
+    regress.model_spec.name = "ecg"
+    regress.input.example_list.examples.add()
+    regress_nope = regression_pb2.RegressionRequest()
+    regress_nope.model_spec.name = "nope"
     models = model_service_pb2_grpc.ModelServiceStub(channel)
     for method, request, code, message in (
             (predictions.Classify, classify_on_predict, "INVALID_ARGUMENT",
@@ -260,7 +266,9 @@ def test_bad_classify_metadata_and_status_requests(channel, predictions):
             (predictions.GetModelMetadata, other_field, "INVALID_ARGUMENT", "Metadata field other is not supported"),
             (models.GetModelStatus, status_of_nope, "NOT_FOUND", "Could not find any versions of model nope"),
             (models.GetModelStatus, status_of_version_9, "NOT_FOUND", "Could not find version 9 of model ecg"),
-            (predictions.Regress, predict_pb2.PredictRequest(), "UNIMPLEMENTED", "")):
+            (predictions.Regress, regress, "INVALID_ARGUMENT", "Expected regression signature method_name to be "
+             "tensorflow/serving/regress. Was: tensorflow/serving/predict"),
+            (predictions.Regress, regress_nope, "NOT_FOUND", "Servable not found for request: Latest(nope)")):
         with pytest.raises(grpc.RpcError) as raised:
             method(request, timeout=60)
         assert raised.value.code() == grpc.StatusCode[code], (message, raised.value.details())

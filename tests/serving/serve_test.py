@@ -306,7 +306,11 @@ BAD_REQUESTS = {
     "get_on_predict": ("GET", "/v1/models/ecg:predict", None, 400, "Malformed request: GET /v1/models/ecg:predict"),
     "delete": ("DELETE", "/v1/models/ecg", None, 400, "Malformed request: DELETE /v1/models/ecg"),
     "non_numeric_version": ("GET", "/v1/models/ecg/versions/one", None, 400, "Malformed request"),
-    "regress": ("POST", "/v1/models/ecg:regress", {"examples": [{}]}, 501, "regress is not supported"),
+    "regress": ("POST", "/v1/models/ecg:regress", {"examples": [{}]}, 400,
+                "Expected regression signature method_name to be tensorflow/serving/regress. Was: "
+                "tensorflow/serving/predict"),
+    "regress_unknown_signature": ("POST", "/v1/models/ecg:regress", {"signature_name": "nope", "examples": [{}]},
+                                  400, "No signature was found with the name: nope"),
     "outside_v1": ("GET", "/healthz", None, 404, "Not found: /healthz"),
     "too_large": ("POST", "/v1/models/ecg:predict", " " * (MAX_REQUEST_BYTES + 1), 413, "--max_request_bytes"),
 }

@@ -24,6 +24,7 @@ from tensorflow_serving.apis import (
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from ecg_tfx.serving.errors import INTERNAL_MESSAGE, ServingError, invalid_argument
@@ -33,6 +34,7 @@ from ecg_tfx.serving.model_requests import (
     classify,
     find_model,
     find_servable,
+    regress,
     run_signature,
     status_response,
 )
@@ -88,8 +90,9 @@ def _fill_spec(model_spec: Any, name: str, servable: Servable, signature: str) -
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict, Classify and GetModelMetadata; Regress and MultiInference answer UNIMPLEMENTED. A Predict input
-    may decode to at most `max_tensor_bytes` (`_tensor`)."""
+    """Predict, Classify and GetModelMetadata; Regress answers as TF Serving does for a model without a regression
+    signature (`model_requests.regress`), MultiInference UNIMPLEMENTED. A Predict input may decode to at most
+    `max_tensor_bytes` (`_tensor`)."""
 
     def __init__(self, models: Mapping[str, Model], slots: RequestSlots,
                  max_tensor_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
@@ -107,6 +110,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,  # noqa: N802
                          context: grpc.ServicerContext) -> Any:
         return _guarded(self.slots, context, lambda: self._metadata(request))
+
+    def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _guarded(self.slots, context, lambda: regress(_servable(self.models, request.model_spec),
+                                                             request.model_spec.signature_name))
 
     def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         servable = _servable(self.models, request.model_spec)

@@ -9,6 +9,7 @@ and `json_tensor.cc`, so the same requests work against the `tensorflow/serving`
     GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata    signature_def map, TF Serving's JSON shape
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict     {"instances": ...} rows or {"inputs": ...} columns
     POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify    {"examples": [{feature: value|list}, ...]}
+    POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress     400, as for any model without a regression signature
 
 Deliberate differences: non-finite float inputs (NaN, Infinity) are parsed as TF Serving parses them but then
 refused with 400, since no ECG holds them; bodies over `--max_request_bytes` get 413; paths outside /v1/ get a JSON
@@ -23,12 +24,13 @@ import urllib.parse
 from collections.abc import Mapping
 
 from ecg_tfx.core import compat
-from ecg_tfx.serving.errors import from_code, invalid_argument
+from ecg_tfx.serving.errors import invalid_argument
 from ecg_tfx.serving.model_requests import (
     DEFAULT_SIGNATURE,
     classify,
     find_model,
     find_servable,
+    regress,
     run_signature,
     status_response,
 )
@@ -89,10 +91,11 @@ class RestApi:
                 return metadata_response(name, find_servable(self.models, name, version, label))
             return status_response(find_model(self.models, name), version)
         verb = verb.lower()
-        if verb == "regress":
-            raise from_code("UNIMPLEMENTED", "This server implements predict and classify; regress is not supported")
         doc = parse_json_object(body)
         signature = signature_name_of(doc)
+        if verb == "regress":  # read as TF Serving reads it, then refused for the signature (`regress`)
+            classify_examples(doc)
+            regress(find_servable(self.models, name, version, label), signature)
         if verb == "classify":
             examples = classify_examples(doc)
             labels, scores = classify(find_servable(self.models, name, version, label), signature, examples)
