@@ -178,7 +178,7 @@ BAD_PREDICTS = {
     "unknown_label": (dict(label="beta"), None, "INVALID_ARGUMENT", "Unrecognized servable version label: beta"),
     "unknown_signature": (dict(signature="nope"), None, "INVALID_ARGUMENT",
                           'Serving signature name: "nope" not found in signature def'),
-    "missing_name": (dict(name=""), None, "INVALID_ARGUMENT", "Missing model name in request."),
+    "empty_name": (dict(name=""), None, "NOT_FOUND", "Servable not found for request: Latest()"),
     "nan": (dict(inputs={"ecg": NAN_ECG, "sample_rate": RATES}), (NAN_ECG, RATES), "INVALID_ARGUMENT",
             "ecg must hold finite numbers only"),
     "rate_below_contract": (dict(inputs={"ecg": ECG, "sample_rate": np.float32([20, 20])}),
@@ -256,6 +256,10 @@ def test_bad_classify_metadata_and_status_requests(channel, predictions):
     regress.input.example_list.examples.add()
     regress_nope = regression_pb2.RegressionRequest()
     regress_nope.model_spec.name = "nope"
+    no_fields_of_nope = get_model_metadata_pb2.GetModelMetadataRequest()  # the fields are checked first
+    no_fields_of_nope.model_spec.name = "nope"
+    status_of_empty_name = get_model_status_pb2.GetModelStatusRequest()
+    status_of_empty_name.model_spec.name = ""
     models = model_service_pb2_grpc.ModelServiceStub(channel)
     for method, request, code, message in (
             (predictions.Classify, classify_on_predict, "INVALID_ARGUMENT",
@@ -268,7 +272,13 @@ def test_bad_classify_metadata_and_status_requests(channel, predictions):
             (models.GetModelStatus, status_of_version_9, "NOT_FOUND", "Could not find version 9 of model ecg"),
             (predictions.Regress, regress, "INVALID_ARGUMENT", "Expected regression signature method_name to be "
              "tensorflow/serving/regress. Was: tensorflow/serving/predict"),
-            (predictions.Regress, regress_nope, "NOT_FOUND", "Servable not found for request: Latest(nope)")):
+            (predictions.Regress, regress_nope, "NOT_FOUND", "Servable not found for request: Latest(nope)"),
+            (predictions.Predict, predict_pb2.PredictRequest(), "INVALID_ARGUMENT", "Missing ModelSpec"),
+            (predictions.GetModelMetadata, no_fields_of_nope, "INVALID_ARGUMENT",
+             "must specify at least one metadata_field"),
+            (models.GetModelStatus, get_model_status_pb2.GetModelStatusRequest(), "INVALID_ARGUMENT",
+             "Missing ModelSpec"),
+            (models.GetModelStatus, status_of_empty_name, "NOT_FOUND", "Could not find any versions of model ")):
         with pytest.raises(grpc.RpcError) as raised:
             method(request, timeout=60)
         assert raised.value.code() == grpc.StatusCode[code], (message, raised.value.details())

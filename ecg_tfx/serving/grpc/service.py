@@ -56,10 +56,17 @@ def _guarded(slots: RequestSlots, context: grpc.ServicerContext, call: Callable[
         slots.release()
 
 
-def _servable(models: Mapping[str, Model], model_spec: Any) -> Servable:
+def _model_spec(request: Any) -> Any:
+    """A request's ModelSpec; a request without one gets TF Serving's INVALID_ARGUMENT (an empty name is looked up,
+    and not found, as there)."""
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+    return request.model_spec
+
+
+def _servable(models: Mapping[str, Model], request: Any) -> Servable:
     """The servable a request's ModelSpec names: `version`, `version_label` or the latest."""
-    if not model_spec.name:
-        raise invalid_argument("Missing model name in request.")
+    model_spec = _model_spec(request)
     version = model_spec.version.value if model_spec.HasField("version") else None
     label = model_spec.version_label if model_spec.HasField("version_label") else None
     return find_servable(models, model_spec.name, version, label)
@@ -112,11 +119,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _guarded(self.slots, context, lambda: self._metadata(request))
 
     def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _guarded(self.slots, context, lambda: regress(_servable(self.models, request.model_spec),
+        return _guarded(self.slots, context, lambda: regress(_servable(self.models, request),
                                                              request.model_spec.signature_name))
 
     def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        servable = _servable(self.models, request.model_spec)
+        servable = _servable(self.models, request)
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         if signature not in servable.signature_defs:
             raise invalid_argument(f'Serving signature name: "{signature}" not found in signature def')
@@ -134,7 +141,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def _classify(self, request: classification_pb2.ClassificationRequest) -> Any:
-        servable = _servable(self.models, request.model_spec)
+        servable = _servable(self.models, request)
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         kind = request.input.WhichOneof("kind")
         if kind is None:
@@ -155,13 +162,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def _metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest) -> Any:
-        servable = _servable(self.models, request.model_spec)
+        _model_spec(request)  # then the fields, then the servable: TF Serving's order
         fields = list(request.metadata_field)
         if not fields:
             raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
         for field in fields:
             if field != "signature_def":
                 raise invalid_argument(f"Metadata field {field} is not supported")
+        servable = _servable(self.models, request)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         _fill_spec(response.model_spec, request.model_spec.name, servable, "")
         signature_defs = get_model_metadata_pb2.SignatureDefMap()
@@ -183,9 +191,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _guarded(self.slots, context, lambda: self._status(request))
 
     def _status(self, request: get_model_status_pb2.GetModelStatusRequest) -> Any:
-        spec = request.model_spec
-        if not spec.name:
-            raise invalid_argument("Missing model name in request.")
+        spec = _model_spec(request)
         model = find_model(self.models, spec.name)
         version = spec.version.value if spec.HasField("version") else None  # a label is ignored, as by TF Serving
         return json_format.ParseDict(status_response(model, version), get_model_status_pb2.GetModelStatusResponse())
