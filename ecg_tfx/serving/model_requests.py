@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import tensorflow as tf
@@ -139,7 +139,7 @@ def classify(servable: Servable, signature: str, examples: Sequence[bytes]) -> t
     return labels, (scores.astype(np.float32) if scores is not None else np.zeros(shape, np.float32))
 
 
-def regress(servable: Servable, signature: str) -> None:
+def regress(servable: Servable, signature: str) -> NoReturn:
     """TF Serving's Regress, on exports that hold no regression signature: the error TF Serving answers for the
     signature asked for (INVALID_ARGUMENT); one that is a regression signature is not served (UNIMPLEMENTED)."""
     name = signature or DEFAULT_SIGNATURE
