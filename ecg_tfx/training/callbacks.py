@@ -25,7 +25,7 @@ class CSVLogger(keras.callbacks.CSVLogger):
     """Keras's CSVLogger, able to close a tf.io.gfile file (s3://, gs://): Keras asks it for `.closed`.
 
     A run resumed at `first_epoch` keeps the rows of the epochs before it only: an epoch logged just before a
-    kill, but not yet backed up, is run again and logged once.
+    kill, but not yet backed up, is run again and logged once, and a row the kill cut short is dropped.
     """
 
     def __init__(self, filename: str, first_epoch: int = 0):
@@ -36,7 +36,8 @@ class CSVLogger(keras.callbacks.CSVLogger):
         if self.first_epoch and tf.io.gfile.exists(self.filename):
             with tf.io.gfile.GFile(self.filename) as f:
                 rows = list(csv.reader(f))
-            kept = rows[:1] + [row for row in rows[1:] if int(row[0]) < self.first_epoch]
+            kept = rows[:1] + [row for row in rows[1:] if len(row) == len(rows[0]) and row[0].isdigit()
+                               and int(row[0]) < self.first_epoch]
             text = io.StringIO()
             csv.writer(text, lineterminator="\n").writerows(kept)
             storage.write_bytes(self.filename, text.getvalue().encode())
@@ -87,15 +88,23 @@ class FiniteWeights(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint(save_best_only) that ignores the first epochs, like EarlyStopping(start_from_epoch)."""
+    """ModelCheckpoint(save_best_only) of a .keras `filepath` that ignores the first epochs, like
+    EarlyStopping(start_from_epoch), and publishes each best model whole: Keras writes it beside `filepath`, then
+    it is renamed onto it (a kill mid-write leaves the previous best, never a partial one that a resumed run keeps).
+    """
 
-    def __init__(self, *args, start_from_epoch: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, filepath: str, *args, start_from_epoch: int = 0, **kwargs):
+        super().__init__(storage.temporary_name(filepath) + ".keras", *args, **kwargs)
+        self.published_path = filepath
         self.start_from_epoch = start_from_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if epoch >= self.start_from_epoch:
-            super().on_epoch_end(epoch, logs)
+        if epoch < self.start_from_epoch:
+            return
+        best = self.best
+        super().on_epoch_end(epoch, logs)
+        if self.best != best:  # a new best: saved
+            storage.publish(self.filepath, self.published_path)
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):

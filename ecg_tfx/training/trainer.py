@@ -183,17 +183,22 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     return finish(config, run, model, spec, manifest, info)
 
 
+def save_keras(model: keras.Model, path: str) -> None:
+    """`model.save(path)`, whole or not at all: written beside it, then renamed into place."""
+    tmp = storage.temporary_name(path) + ".keras"  # Keras writes only names ending in .keras
+    model.save(tmp)
+    storage.publish(tmp, path)
+
+
 def save_models(model: keras.Model, run: RunFolder) -> None:
     """model.keras (the best weights: EarlyStopping restored them) and best.keras, both as plain Keras loads them
     (`fine_tuning.portable`): BestCheckpoint's best.keras is rewritten when it carries a body-scaled optimizer."""
     saved = portable(model)
-    saved.save(run.model)
+    save_keras(saved, run.model)
     if not tf.io.gfile.exists(run.best):
-        saved.save(run.best)
+        save_keras(saved, run.best)
     elif saved is not model:
-        tmp = storage.temporary_name(run.best) + ".keras"  # Keras writes only names ending in .keras
-        keras.saving.load_model(run.best, compile=False).save(tmp)
-        storage.publish(tmp, run.best)
+        save_keras(keras.saving.load_model(run.best, compile=False), run.best)
 
 
 def finish(config: TrainConfig, run: RunFolder, model: keras.Model, spec: ModelSpec, manifest: Manifest,

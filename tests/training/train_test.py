@@ -22,7 +22,7 @@ from ecg_tfx.data.conversion import ConversionConfig
 from ecg_tfx.dsp.augment import AugmentConfig
 from ecg_tfx.models import build_model
 from ecg_tfx.training import distribute, trainer
-from ecg_tfx.training.callbacks import BestCheckpoint, FiniteWeights, TrainingDiverged
+from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger, FiniteWeights, TrainingDiverged
 from ecg_tfx.training.config import TrainConfig
 
 TINY = ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2, synthetic_duration_s=10,
@@ -140,6 +140,39 @@ def test_best_checkpoint_ignores_warmup_epochs(tmp_path):
     callback.on_epoch_end(3, {"val_auc": 0.8})
     assert (tmp_path / "best.keras").stat().st_mtime_ns != first
     assert callback.best == 0.8
+    assert [path.name for path in tmp_path.iterdir()] == ["best.keras"]  # written beside it, then renamed
+
+
+def test_a_resumed_log_keeps_whole_rows_of_the_epochs_before_it(tmp_path):
+    """Epochs 0 and 1 were backed up; the kill came while epoch 2's row was being written (cut short), after an
+    earlier torn row of a killed attempt. The resumed log keeps epochs 0 and 1 and appends from epoch 2 on."""
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_auc\n0,0.9,0.6\n1,0.8,0.7\n\n1\n2,0.7")
+    logger = CSVLogger(str(path), first_epoch=2)
+    logger.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    logger.on_train_begin()
+    logger.on_epoch_end(2, {"loss": 0.6, "val_auc": 0.75})
+    logger.on_train_end()
+    assert [row["epoch"] for row in history(tmp_path)] == ["0", "1", "2"]
+    assert history(tmp_path)[-1]["loss"] == "0.6"
+
+
+def test_a_checkpoint_killed_mid_write_leaves_the_previous_best_whole(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback = BestCheckpoint(str(tmp_path / "best.keras"), monitor="loss", mode="min", save_best_only=True)
+    callback.set_model(model)
+    callback.on_epoch_end(0, {"loss": 1.0})
+    saved = weights(tmp_path / "best.keras")
+    model.layers[0].kernel.assign(model.layers[0].kernel + 1.0)
+
+    def dies_mid_write(path: str, *args, **kwargs) -> None:
+        pathlib.Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt  # stands for the kill
+
+    monkeypatch.setattr(model, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_epoch_end(1, {"loss": 0.5})
+    assert all(np.array_equal(a, b) for a, b in zip(weights(tmp_path / "best.keras"), saved, strict=True))
 
 
 def test_a_run_whose_weights_stop_being_finite_stops_at_that_step_before_any_checkpoint(tmp_path):
