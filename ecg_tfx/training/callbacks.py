@@ -116,6 +116,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     then `training_metadata.json` (written by rename) points at them, then the older ones are removed; a kill
     at any moment leaves the previous complete backup or the new one. Place it after the callbacks it saves,
     so it backs up their state after this epoch's update and restores it after their `on_train_begin` reset.
+
+    When training ends (every epoch run, or stopped early) the finished state is backed up too, with no epoch
+    left, and kept: the trainer removes it once the run folder is complete, so a run killed while it evaluates or
+    exports resumes to the same model without training again.
     """
 
     def __init__(self, backup_dir: str, stateful: Sequence[keras.callbacks.Callback] = ()):
@@ -150,6 +154,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for name in tf.io.gfile.listdir(self.backup_dir):
             if name not in referenced:
                 tf.io.gfile.remove(storage.join(self.backup_dir, name))
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self._current_epoch = self.params["epochs"]
+        self._save_model()
 
     def _load_model(self) -> None:
         path = storage.join(self.backup_dir, _METADATA)

@@ -166,11 +166,13 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     if chief:
         write_run_files(run, spec, info, flags_text)
     started = time.time()
-    history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs, shuffle=False,
-                        steps_per_epoch=steps["train"], validation_steps=steps["validation"],
-                        callbacks=callbacks(config, work_dir), verbose=1 if sys.stdout.isatty() else 2)
+    run_callbacks = callbacks(config, work_dir)
+    model.fit(train_data, validation_data=validation_data, epochs=config.epochs, shuffle=False,
+              steps_per_epoch=steps["train"], validation_steps=steps["validation"], callbacks=run_callbacks,
+              verbose=1 if sys.stdout.isatty() else 2)
     info["train_seconds"] = round(time.time() - started, 1)
-    info["epochs_run"] = history.epoch[-1] + 1 if history.epoch else first_epoch  # a resumed run's too
+    stop = next(c for c in run_callbacks if isinstance(c, keras.callbacks.EarlyStopping))  # restored on a resume
+    info["epochs_run"] = stop.stopped_epoch + 1 if stop.stopped_epoch else config.epochs
     if not chief:  # leaves nothing in the run folder
         tf.io.gfile.rmtree(work_dir)
         try:
@@ -180,7 +182,9 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
             pass
         return info
     save_models(model, run)
-    return finish(config, run, model, spec, manifest, info)
+    info = finish(config, run, model, spec, manifest, info)
+    tf.io.gfile.rmtree(run.backup)  # the run folder is complete: nothing left to resume
+    return info
 
 
 def save_keras(model: keras.Model, path: str) -> None:

@@ -143,6 +143,35 @@ def test_best_checkpoint_ignores_warmup_epochs(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["best.keras"]  # written beside it, then renamed
 
 
+class _KilledWhileFinishing(Exception):
+    """Stands for a kill after training, while the run evaluates and exports."""
+
+
+def test_a_run_killed_while_it_evaluates_resumes_without_training_again(data_dir, tmp_path, monkeypatch):
+    """Training ended (stopped early here), model.keras was written, then the kill came during evaluation: the rerun
+    finds the finished training's backup, runs no epoch, and completes the run folder with the same model."""
+    config = TrainConfig(data_dir=data_dir, run_dir=str(tmp_path), epochs=6, batch_size=8, export=False,
+                         precision="float32", monitor="val_loss", patience=1, warmup_epochs=1)
+
+    def killed(*args, **kwargs) -> None:
+        raise _KilledWhileFinishing
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "finish", killed)
+        with pytest.raises(_KilledWhileFinishing):
+            trainer.train(config)
+    first = weights(tmp_path / "model.keras")
+    rows = history(tmp_path)
+    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 6  # none left
+    assert not (tmp_path / "metrics.json").exists()
+    info = trainer.train(config)
+    assert history(tmp_path) == rows and info["epochs_run"] == len(rows)  # no epoch trained again
+    assert len(rows) < 6, "the run should have stopped early"
+    for resumed, original in zip(weights(tmp_path / "model.keras"), first, strict=True):
+        np.testing.assert_array_equal(resumed, original)
+    assert (tmp_path / "metrics.json").is_file() and not (tmp_path / "backup").exists()
+
+
 def test_a_resumed_log_keeps_whole_rows_of_the_epochs_before_it(tmp_path):
     """Epochs 0 and 1 were backed up; the kill came while epoch 2's row was being written (cut short), after an
     earlier torn row of a killed attempt. The resumed log keeps epochs 0 and 1 and appends from epoch 2 on."""
