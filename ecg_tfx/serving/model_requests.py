@@ -113,15 +113,22 @@ def run_signature(servable: Servable, signature: str, tensors: Mapping[str, np.n
     return servable.batcher.run(*plan, tensors, call)
 
 
-def classify(servable: Servable, signature: str, examples: Sequence[bytes]) -> tuple[list[list[str]], np.ndarray]:
-    """TF Serving's Classify on a classify signature: the class labels and float32 scores [example, class]."""
+def _method_signature(servable: Servable, signature: str, method_name: str, kind: str) -> tuple[str, Any]:
+    """The name and SignatureDef a classify or regress request names, checked to be of `method_name`, with TF
+    Serving's errors (`kind`: 'classification' or 'regression')."""
     name = signature or DEFAULT_SIGNATURE
     signature_def = servable.signature_defs.get(name)
     if signature_def is None:
         raise invalid_argument(f"No signature was found with the name: {name}")
-    if signature_def.method_name != tf.saved_model.CLASSIFY_METHOD_NAME:
-        raise invalid_argument("Expected classification signature method_name to be "
-                               f"{tf.saved_model.CLASSIFY_METHOD_NAME}. Was: {signature_def.method_name}")
+    if signature_def.method_name != method_name:
+        raise invalid_argument(f"Expected {kind} signature method_name to be {method_name}. Was: "
+                               f"{signature_def.method_name}")
+    return name, signature_def
+
+
+def classify(servable: Servable, signature: str, examples: Sequence[bytes]) -> tuple[list[list[str]], np.ndarray]:
+    """TF Serving's Classify on a classify signature: the class labels and float32 scores [example, class]."""
+    name, signature_def = _method_signature(servable, signature, tf.saved_model.CLASSIFY_METHOD_NAME, "classification")
     if list(signature_def.inputs) != ["inputs"]:
         raise invalid_argument("Expected one input Tensor named 'inputs'.")
     outputs = run_signature(servable, name, {"inputs": np.array(examples, dtype=object)})
@@ -142,13 +149,7 @@ def classify(servable: Servable, signature: str, examples: Sequence[bytes]) -> t
 def regress(servable: Servable, signature: str) -> NoReturn:
     """TF Serving's Regress, on exports that hold no regression signature: the error TF Serving answers for the
     signature asked for (INVALID_ARGUMENT); one that is a regression signature is not served (UNIMPLEMENTED)."""
-    name = signature or DEFAULT_SIGNATURE
-    signature_def = servable.signature_defs.get(name)
-    if signature_def is None:
-        raise invalid_argument(f"No signature was found with the name: {name}")
-    if signature_def.method_name != tf.saved_model.REGRESS_METHOD_NAME:
-        raise invalid_argument("Expected regression signature method_name to be "
-                               f"{tf.saved_model.REGRESS_METHOD_NAME}. Was: {signature_def.method_name}")
+    name, _ = _method_signature(servable, signature, tf.saved_model.REGRESS_METHOD_NAME, "regression")
     raise from_code("UNIMPLEMENTED", f"This server does not run regression signatures ({name})")
 
 
