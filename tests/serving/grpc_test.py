@@ -212,27 +212,43 @@ def test_bad_predict_gets_tf_servings_code_and_rests_message(predictions, rest, 
     assert predictions.Predict(predict_request({"ecg": ECG, "sample_rate": RATES}), timeout=60).outputs
 
 
-@pytest.mark.parametrize("signature, name, dtype, values, shape", [
-    ("", "ecg", "DT_FLOAT", {"float_val": [0.0]}, [1, 2**40, 12]),  # 48 TiB: numpy would fail (INTERNAL)
-    ("", "ecg", "DT_FLOAT", {"float_val": [0.0]}, [1, 10**7, 12]),  # 480 MB: built, then refused by the contract
-    ("serve_examples", "examples", "DT_STRING", {"string_val": [b"x"]}, [10**8]),  # 800 MB of references
-])
-def test_a_tensor_declaring_more_than_it_carries_is_refused_before_it_is_built(predictions, signature, name, dtype,
-                                                                               values, shape):
+def declared(dtype: str, shape: list[int], **carried: list) -> tensor_pb2.TensorProto:
+    """A TensorProto declaring `shape` but carrying only the values given (its last value fills the rest)."""
+    return tensor_pb2.TensorProto(dtype=types_pb2.DataType.Value(dtype), **carried,
+                                  tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": s} for s in shape]))
+
+
+ONE_FLOAT = {"float_val": [0.0]}
+OVERSIZED = {  # name: (signature, inputs, part of the message)
+    "48_tib": ("", {"ecg": declared("DT_FLOAT", [1, 2**40, 12], **ONE_FLOAT)}, "ecg [1, 1099511627776, 12]"),
+    "480_mb": ("", {"ecg": declared("DT_FLOAT", [1, 10**7, 12], **ONE_FLOAT)}, "ecg [1, 10000000, 12]"),
+    "800_mb_of_strings": ("serve_examples", {"examples": declared("DT_STRING", [10**8], string_val=[b"x"])},
+                          "examples [100000000]"),
+    "each_input_small_enough": ("", {"ecg": declared("DT_FLOAT", [1, 15_000, 12], **ONE_FLOAT),  # 720 KB
+                                     "sample_rate": declared("DT_FLOAT", [200_000], **ONE_FLOAT)},  # 800 KB
+                                "ecg [1, 15000, 12], sample_rate [200000] would take 1520000 bytes"),
+    "negative_dimension": ("", {"ecg": declared("DT_FLOAT", [-2, 2**62, 12], **ONE_FLOAT)},
+                           "ecg has a negative dimension"),  # numpy's product wraps to a positive size
+}
+
+
+@pytest.mark.parametrize("name", sorted(OVERSIZED))
+def test_tensors_declaring_more_than_they_carry_are_refused_before_they_are_built(predictions, name):
     """A TensorProto's last value fills the shape it declares (as in TF Serving), so a message of a few bytes could
-    ask for any size: the server refuses one that would decode larger than a request may be, naming the limit."""
+    ask for any size: the server refuses inputs that would decode larger than a request may be, naming the limit."""
+    signature, inputs, message = OVERSIZED[name]
     request = predict_request({}, signature=signature)
-    request.inputs[name].CopyFrom(tensor_pb2.TensorProto(
-        dtype=types_pb2.DataType.Value(dtype), **values,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": size} for size in shape])))
-    if signature == "":
+    for key, proto in inputs.items():
+        request.inputs[key].CopyFrom(proto)
+    if signature == "" and "sample_rate" not in inputs:
         request.inputs["sample_rate"].CopyFrom(tf.make_tensor_proto(RATES[:1]))
-    assert request.ByteSize() < 100
+    assert request.ByteSize() < 150
     with pytest.raises(grpc.RpcError) as raised:
         predictions.Predict(request, timeout=60)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
-    assert f"{name} of shape {shape} would take" in raised.value.details()
-    assert f"over the {MAX_REQUEST_BYTES} a request may carry (--max_request_bytes)" in raised.value.details()
+    assert message in raised.value.details()
+    if name != "negative_dimension":
+        assert f"over the {MAX_REQUEST_BYTES} a request may carry (--max_request_bytes)" in raised.value.details()
 
 
 def test_bad_classify_metadata_and_status_requests(channel, predictions):

@@ -72,22 +72,36 @@ def _servable(models: Mapping[str, Model], request: Any) -> Servable:
     return find_servable(models, model_spec.name, version, label)
 
 
-def _tensor(name: str, proto: Any, max_bytes: int) -> Any:
-    """A request's TensorProto as a numpy array. A proto may declare more elements than it carries (its last value
-    fills the rest, as in TF Serving), so a message of a few bytes could make the server allocate any size: a tensor
-    that would decode to more than `max_bytes` (the bound on a request message) is refused before it is built."""
+def _decoded_bytes(name: str, proto: Any) -> int:
+    """How many bytes a request's TensorProto decodes to: its declared shape times its element size (an element
+    of a string tensor is an 8-byte reference)."""
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in dims):  # numpy's int64 product of such a shape wraps around to any size
+        raise invalid_argument(f"tensor parsing error: {name} has a negative dimension in shape {dims}")
     try:
-        itemsize = tf.dtypes.as_dtype(proto.dtype).size or 8  # 0 for strings: each element is an 8-byte reference
-        size = math.prod(dim.size for dim in proto.tensor_shape.dim) * itemsize
+        itemsize = tf.dtypes.as_dtype(proto.dtype).size or 8  # 0 for strings
     except TypeError:  # not a TF DataType
         raise invalid_argument(f"tensor parsing error: {name}") from None
-    if size > max_bytes:
-        raise invalid_argument(f"tensor {name} of shape {[dim.size for dim in proto.tensor_shape.dim]} would take "
-                               f"{size} bytes, over the {max_bytes} a request may carry (--max_request_bytes)")
-    try:
-        return tf.make_ndarray(proto)
-    except (TypeError, ValueError):
-        raise invalid_argument(f"tensor parsing error: {name}") from None
+    return math.prod(dims) * itemsize
+
+
+def _tensors(inputs: Mapping[str, Any], max_bytes: int) -> dict[str, Any]:
+    """A Predict request's TensorProtos as numpy arrays. A proto may declare more elements than it carries (its last
+    value fills the rest, as in TF Serving), so a message of a few bytes could make the server allocate any size:
+    inputs that would decode to more than `max_bytes` together (the bound on a request message) are refused before
+    any is built."""
+    sizes = {name: _decoded_bytes(name, proto) for name, proto in inputs.items()}
+    if sum(sizes.values()) > max_bytes:
+        shapes = ", ".join(f"{name} {[dim.size for dim in inputs[name].tensor_shape.dim]}" for name in sorted(sizes))
+        raise invalid_argument(f"inputs of shapes {shapes} would take {sum(sizes.values())} bytes, over the "
+                               f"{max_bytes} a request may carry (--max_request_bytes)")
+    tensors = {}
+    for name, proto in inputs.items():
+        try:
+            tensors[name] = tf.make_ndarray(proto)
+        except (TypeError, ValueError):
+            raise invalid_argument(f"tensor parsing error: {name}") from None
+    return tensors
 
 
 def _fill_spec(model_spec: Any, name: str, servable: Servable, signature: str) -> None:
@@ -98,8 +112,8 @@ def _fill_spec(model_spec: Any, name: str, servable: Servable, signature: str) -
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict, Classify and GetModelMetadata; Regress answers as TF Serving does for a model without a regression
-    signature (`model_requests.regress`), MultiInference UNIMPLEMENTED. A Predict input may decode to at most
-    `max_tensor_bytes` (`_tensor`)."""
+    signature (`model_requests.regress`), MultiInference UNIMPLEMENTED. A Predict request's inputs may decode to
+    at most `max_tensor_bytes` together (`_tensors`)."""
 
     def __init__(self, models: Mapping[str, Model], slots: RequestSlots,
                  max_tensor_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
@@ -127,7 +141,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature = request.model_spec.signature_name or DEFAULT_SIGNATURE
         if signature not in servable.signature_defs:
             raise invalid_argument(f'Serving signature name: "{signature}" not found in signature def')
-        tensors = {name: _tensor(name, proto, self.max_tensor_bytes) for name, proto in request.inputs.items()}
+        tensors = _tensors(request.inputs, self.max_tensor_bytes)
         outputs = run_signature(servable, signature, tensors)
         wanted = list(request.output_filter) or sorted(outputs)
         for name in wanted:
