@@ -39,7 +39,7 @@ RATIO_TARGET = round(ABSOLUTE_TARGET / REAL_FULL_RECIPE_AUC, 2)
 def recipe(name: str) -> tuple[ConversionConfig, TrainConfig]:
     """An arm's conversion and training configs: its flagfile parsed by the `train` command's own flags, with the
     bench's folders, seed, float32 and no export (and the real arm's shared data and epochs)."""
-    import contextlib
+    import os
 
     from absl import flags
 
@@ -51,9 +51,13 @@ def recipe(name: str) -> tuple[ConversionConfig, TrainConfig]:
     if name == "real":
         overrides.update(input_dir=timing.SHARED_DATA / "ptbxl", epochs=REAL_EPOCHS, patience=REAL_EPOCHS)
     flags.FLAGS.unparse_flags()
-    with contextlib.chdir(timing.REPO):  # a flagfile names the flagfiles it includes from the repository's root
+    cwd = os.getcwd()
+    os.chdir(timing.REPO)  # a flagfile names the flagfiles it includes from the repository's root
+    try:
         flags.FLAGS(["bench", f"--flagfile={FLAGFILES[name]}", *(f"--{key}={value}" for key, value in
                                                                   overrides.items())])
+    finally:
+        os.chdir(cwd)
     return conversion_flags.config_from_flags(), train_command.config_from_flags()
 
 

@@ -92,6 +92,13 @@ def temporary_name(path: str) -> str:
     return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:12]}")
 
 
+def partial_keras_name(path: str) -> str:
+    """Where a `.keras` file is written before the rename that publishes it: a fixed sibling name (Keras writes only
+    names ending in .keras), so a write a kill cut short is overwritten by the next, not left behind."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.partial.keras")
+
+
 def publish(tmp_path: str, path: str) -> None:
     """Moves a finished temporary file into place (replacing any older copy)."""
     if is_url(path):

@@ -94,16 +94,15 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     """
 
     def __init__(self, filepath: str, *args, start_from_epoch: int = 0, **kwargs):
-        super().__init__(storage.temporary_name(filepath) + ".keras", *args, **kwargs)
+        super().__init__(storage.partial_keras_name(filepath), *args, **kwargs)
         self.published_path = filepath
         self.start_from_epoch = start_from_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if epoch < self.start_from_epoch:
             return
-        best = self.best
         super().on_epoch_end(epoch, logs)
-        if self.best != best:  # a new best: saved
+        if tf.io.gfile.exists(self.filepath):  # a new best was saved
             storage.publish(self.filepath, self.published_path)
 
 
@@ -117,14 +116,17 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     at any moment leaves the previous complete backup or the new one. Place it after the callbacks it saves,
     so it backs up their state after this epoch's update and restores it after their `on_train_begin` reset.
 
-    When training ends (every epoch run, or stopped early) the finished state is backed up too, with no epoch
-    left, and kept: the trainer removes it once the run folder is complete, so a run killed while it evaluates or
-    exports resumes to the same model without training again.
+    With `keep_finished`, when training ends (every epoch run, or stopped early) the finished state is backed up
+    too, with no epoch left, and kept: the trainer removes it once the run folder is complete, so a run killed
+    while it evaluates or exports resumes to the same model without training again. Multi-worker training does not
+    keep it (as Keras, it removes the backup when training ends): the other workers return after training, and a
+    restarted chief with no epoch left would wait for them forever; all start again from epoch 0 instead.
     """
 
-    def __init__(self, backup_dir: str, stateful: Sequence[keras.callbacks.Callback] = ()):
+    def __init__(self, backup_dir: str, stateful: Sequence[keras.callbacks.Callback] = (), keep_finished: bool = True):
         super().__init__(backup_dir, save_freq="epoch", double_checkpoint=False)
         self.stateful = list(stateful)
+        self.keep_finished = keep_finished
 
     @staticmethod
     def resume_epoch(backup_dir: str) -> int:
@@ -156,6 +158,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 tf.io.gfile.remove(storage.join(self.backup_dir, name))
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        if not self.keep_finished:
+            super().on_train_end(logs)  # removes the backup
+            return
         self._current_epoch = self.params["epochs"]
         self._save_model()
 

@@ -100,6 +100,7 @@ def portable(model: keras.Model) -> keras.Model:
     Keras optimizer), or, when its optimizer is body-scaled (a class only ecg_tfx defines), the same layers as an
     uncompiled model. run_info.json records the fine-tuning settings; evaluation, export and warm starts load
     weights alone."""
-    if not isinstance(model.optimizer, _BodyScaled):
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under a LossScaleOptimizer (float16)
+    if not isinstance(optimizer, _BodyScaled):
         return model
     return keras.Model(model.input, model.output, name=model.name)  # the same layers: no copy of the weights

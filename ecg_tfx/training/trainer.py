@@ -31,12 +31,13 @@ from ecg_tfx.training.fine_tuning import BodyScaledAdam, BodyScaledAdamW, Freeze
 from ecg_tfx.training.warm_start import warm_start
 
 
-def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callback]:
+def callbacks(config: TrainConfig, work_dir: str, keep_finished: bool = True) -> list[keras.callbacks.Callback]:
     """The body's freezing (--freeze_epochs), the divergence check, LR schedule, early stopping, best checkpoint,
     TensorBoard, CSV log, and last the backup.
 
     `work_dir` is the run folder on the chief; other multi-worker workers get their own, removed at the end.
-    A killed run resumes from the backup with the same best score, patience count and best weights.
+    A killed run resumes from the backup with the same best score, patience count and best weights;
+    `keep_finished`: also after training, until the run folder is complete (`ResumableBackup`).
     """
     mode = "min" if "loss" in config.monitor else "max"
     warmup = min(config.warmup_epochs, config.epochs - 1)
@@ -54,7 +55,7 @@ def callbacks(config: TrainConfig, work_dir: str) -> list[keras.callbacks.Callba
         *stateful,
         keras.callbacks.TensorBoard(work.logs),
         CSVLogger(work.history, first_epoch=ResumableBackup.resume_epoch(work.backup)),
-        ResumableBackup(work.backup, stateful),
+        ResumableBackup(work.backup, stateful, keep_finished),
     ]
 
 
@@ -166,7 +167,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     if chief:
         write_run_files(run, spec, info, flags_text)
     started = time.time()
-    run_callbacks = callbacks(config, work_dir)
+    run_callbacks = callbacks(config, work_dir, distribute.num_workers(strategy) == 1)
     model.fit(train_data, validation_data=validation_data, epochs=config.epochs, shuffle=False,
               steps_per_epoch=steps["train"], validation_steps=steps["validation"], callbacks=run_callbacks,
               verbose=1 if sys.stdout.isatty() else 2)
@@ -183,15 +184,16 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
         return info
     save_models(model, run)
     info = finish(config, run, model, spec, manifest, info)
-    tf.io.gfile.rmtree(run.backup)  # the run folder is complete: nothing left to resume
+    if tf.io.gfile.exists(run.backup):  # the run folder is complete: nothing left to resume
+        tf.io.gfile.rmtree(run.backup)
     return info
 
 
 def save_keras(model: keras.Model, path: str) -> None:
     """`model.save(path)`, whole or not at all: written beside it, then renamed into place."""
-    tmp = storage.temporary_name(path) + ".keras"  # Keras writes only names ending in .keras
-    model.save(tmp)
-    storage.publish(tmp, path)
+    partial = storage.partial_keras_name(path)
+    model.save(partial)
+    storage.publish(partial, path)
 
 
 def save_models(model: keras.Model, run: RunFolder) -> None:

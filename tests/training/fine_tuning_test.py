@@ -18,7 +18,7 @@ from ecg_tfx.data import input_pipeline
 from ecg_tfx.models.parts import body_layers, head_layers
 from ecg_tfx.training import trainer
 from ecg_tfx.training.config import TrainConfig
-from ecg_tfx.training.fine_tuning import BodyScaledAdamW, FreezeBody
+from ecg_tfx.training.fine_tuning import BodyScaledAdamW, FreezeBody, portable
 from ecg_tfx.training.warm_start import warm_start
 
 
@@ -150,6 +150,20 @@ def test_a_warm_started_run_fine_tunes_over_two_replicas(tiny_conversion, tiny_r
     for name in ("model.keras", "best.keras"):
         ours = keras.saving.load_model(tmp_path / name, compile=False)
         np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), ours(signal), rtol=1e-5, atol=1e-6)
+
+
+def test_a_float16_runs_model_files_carry_no_body_scaled_optimizer():
+    """Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer: `portable` looks inside it."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        signal = keras.Input((4,))
+        model = keras.Model(signal, keras.layers.Dense(2)(signal))  # functional, as every model of ours
+        model.compile(BodyScaledAdamW(1e-3, weight_decay=0.01, body_lr_factor=0.5), "mse")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    copy = portable(model)
+    assert copy is not model and not copy.compiled and copy.weights[0] is model.weights[0]
 
 
 _PLAIN_KERAS = """

@@ -198,10 +198,28 @@ def test_a_checkpoint_killed_mid_write_leaves_the_previous_best_whole(tmp_path, 
         pathlib.Path(path).write_bytes(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt  # stands for the kill
 
-    monkeypatch.setattr(model, "save", dies_mid_write)
-    with pytest.raises(KeyboardInterrupt):
-        callback.on_epoch_end(1, {"loss": 0.5})
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "save", dies_mid_write)
+        with pytest.raises(KeyboardInterrupt):
+            callback.on_epoch_end(1, {"loss": 0.5})
     assert all(np.array_equal(a, b) for a, b in zip(weights(tmp_path / "best.keras"), saved, strict=True))
+    resumed = BestCheckpoint(str(tmp_path / "best.keras"), monitor="loss", mode="min", save_best_only=True)
+    resumed.set_model(model)
+    resumed.best = callback.best  # as ResumableBackup restores it
+    resumed.on_epoch_end(2, {"loss": 0.4})  # the resumed run's next best overwrites the torn write
+    assert [path.name for path in tmp_path.iterdir()] == ["best.keras"]
+    assert all(np.array_equal(a, b) for a, b in zip(weights(tmp_path / "best.keras"), model.get_weights(),
+                                                    strict=True))
+
+
+def test_a_not_a_number_score_does_not_stop_the_checkpoints(tmp_path):
+    """Keras keeps a NaN first score as the best (and saves it); no later score beats it, and nothing is saved."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback = BestCheckpoint(str(tmp_path / "best.keras"), monitor="loss", mode="min", save_best_only=True)
+    callback.set_model(model)
+    for epoch, loss in enumerate([float("nan"), 0.5, 0.4]):
+        callback.on_epoch_end(epoch, {"loss": loss})
+    assert [path.name for path in tmp_path.iterdir()] == ["best.keras"]
 
 
 def test_a_run_whose_weights_stop_being_finite_stops_at_that_step_before_any_checkpoint(tmp_path):
