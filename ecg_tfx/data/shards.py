@@ -62,11 +62,20 @@ def stats_path(output_dir: str, task: ShardTask) -> str:
 
 
 def finished(output_dir: str, task: ShardTask) -> dict | None:
-    """The stats of a shard a previous run completed, or None."""
+    """The stats of a shard a previous run completed, or None (then it is written again).
+
+    The shard must still hash to the sha256 its stats recorded: files are published by rename, which a kill cannot
+    tear, but after a power cut a renamed file can come back empty or short (nothing forces its data to disk
+    first), and so can the stats themselves."""
     path = stats_path(output_dir, task)
-    if storage.exists(path) and storage.exists(storage.join(output_dir, task.filename)):
-        return storage.read_json(path)
-    return None
+    shard = storage.join(output_dir, task.filename)
+    if not (storage.exists(path) and storage.exists(shard)):
+        return None
+    try:
+        stats = storage.read_json(path)
+    except ValueError:  # not JSON (cut short)
+        return None
+    return stats if stats.get("sha256") == storage.sha256(shard) else None
 
 
 def write(task: ShardTask, source, window_plan: transform.WindowPlan, output_dir: str, on_record=None) -> dict:

@@ -23,7 +23,7 @@ import tensorflow as tf
 import wfdb
 
 from ecg_tfx.core import schema
-from ecg_tfx.data import conversion, transform
+from ecg_tfx.data import conversion, shards, transform
 from ecg_tfx.data.conversion import ConversionConfig
 
 
@@ -322,6 +322,35 @@ def test_killed_run_resumes_to_identical_output(tmp_path):
     assert tree_bytes(out) == tree_bytes(tmp_path / "clean")
     reused = [name for name, mtime in shards_before.items() if (out / name).stat().st_mtime_ns == mtime]
     assert reused, "complete shards should be reused, not rewritten"
+
+
+class _Stopped(Exception):
+    """Stands for a power cut after some shards were published."""
+
+
+def test_a_resumed_run_rewrites_shards_a_power_cut_emptied(tmp_path, monkeypatch):
+    """Stopped after three shards; then, as after a power cut, one shard and another shard's stats came back empty
+    (renamed, but never written to disk). The resume writes both again and ends as an uninterrupted run."""
+    config = dataclasses_replace(SMALL_SYNTHETIC, shard_size_mb=0.1)
+    conversion.run(config, str(tmp_path / "clean"))
+    out = tmp_path / "cut"
+    written = []
+    real_write = shards.write
+
+    def stops_after_three(task, *args, **kwargs):
+        if len(written) == 3:
+            raise _Stopped
+        written.append(task.filename)
+        return real_write(task, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(shards, "write", stops_after_three)
+        with pytest.raises(_Stopped):
+            conversion.run(config, str(out))
+    (out / written[0]).write_bytes(b"")
+    (out / shards.PROGRESS_DIR / f"{written[1]}.json").write_bytes(b"")
+    conversion.run(config, str(out))
+    assert tree_bytes(out) == tree_bytes(tmp_path / "clean")
 
 
 # Loaded by every Python process of the test's CLI run (PYTHONPATH): logs each import of TensorFlow and of the shard
