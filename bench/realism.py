@@ -62,8 +62,8 @@ def recipe(name: str) -> tuple[ConversionConfig, TrainConfig]:
 
 
 def conversions() -> dict:
-    """Each arm's (data dir, manifest, seconds to convert, TrainConfig); a later run reuses an identical finished
-    conversion and replaces a different one."""
+    """Each arm's (TrainConfig, manifest, seconds to convert); the config names the data dir. A later run reuses an
+    identical finished conversion and replaces a different one."""
     from absl import logging
 
     from ecg_tfx.data import conversion
@@ -75,7 +75,7 @@ def conversions() -> dict:
         started = time.perf_counter()
         with timing.quiet():
             manifest = conversion.run(conversion_config, train_config.data_dir, overwrite=True)
-        found[name] = (train_config.data_dir, manifest, round(time.perf_counter() - started, 1), train_config)
+        found[name] = (train_config, manifest, round(time.perf_counter() - started, 1))
     return found
 
 
@@ -183,9 +183,9 @@ def run(quick: bool = False) -> dict:
                                                        "absent, and the score needs real records"},
                 "ratios": [], "metrics": {}, "findings": [f"skipped: no PTB-XL at {ptbxl}"]}
     converted = conversions()
-    (_, synthetic_manifest, *_), (real_dir, real_manifest, *_) = converted["synthetic"], converted["real"]
-    seconds = {f"convert_{name}": found[2] for name, found in converted.items()}
-    configs = {name: found[3] for name, found in converted.items()}
+    configs = {name: config for name, (config, _, _) in converted.items()}
+    synthetic_manifest, real_manifest = converted["synthetic"][1], converted["real"][1]
+    seconds = {f"convert_{name}": converted_in for name, (_, _, converted_in) in converted.items()}
     synthetic = synthetic_manifest.config
     runs = {}
     for name, config in configs.items():
@@ -193,7 +193,7 @@ def run(quick: bool = False) -> dict:
         runs[name] = train(config)
         seconds[f"train_{name}"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
-    zero = zero_shot(runs["synthetic"][0], real_dir, real_manifest)
+    zero = zero_shot(runs["synthetic"][0], configs["real"].data_dir, real_manifest)
     seconds["zero_shot_evaluate"] = round(time.perf_counter() - started, 1)
     zero_scores, real_scores = scores(zero), scores(runs["real"][1]["test_metrics"])
     ratio = zero_scores["macro"]["auc"] / real_scores["macro"]["auc"]
