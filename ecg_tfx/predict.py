@@ -13,7 +13,8 @@ confidence, the gate's heart rate and bad leads, and the top-k classes by calibr
 Inputs: WFDB records (the `.hea` path; rate, lead names and units come from the header), CSV (a header row of lead
 names, one column per lead; `--sample_rate` and `--units` required) and `.npy` ([time, leads]; `--sample_rate`,
 `--units` and `--leads` required). Leads are matched to the model's by name; rate and units are never guessed.
-A TFLite model that its export report does not call usable is refused unless `--allow_unusable` is given.
+A TFLite model that its export report does not call usable is refused unless `--allow_unusable` is given; without
+the report beside it, so is one whose file name says it (`model_<variant>_unusable.tflite`, `..._not_measured`).
 """
 
 from __future__ import annotations

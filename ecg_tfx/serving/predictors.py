@@ -23,7 +23,7 @@ from ecg_tfx.dsp.resample import resample
 from ecg_tfx.evaluation.decision import Decision
 from ecg_tfx.serving.contract import InputContract, check_recording
 from ecg_tfx.serving.decide import record_outputs
-from ecg_tfx.serving.tflite import DECISION_FILE, USABLE, TFLiteRunner, verdict_of
+from ecg_tfx.serving.tflite import DECISION_FILE, USABLE, TFLiteRunner, verdict_in_name, verdict_of
 from ecg_tfx.serving.versions import list_versions
 
 TO_MV = {"mV": 1.0, "uV": 1e-3, "V": 1e3}
@@ -149,10 +149,14 @@ class TFLitePredictor:
     quality_gate = "run by predict (the TFLite model has no gate)"
 
     def __init__(self, path: str, allow_unusable: bool = False):
+        # The report, or where it is not beside the model (a tflite/ folder copied alone, or an object-store export
+        # still being copied), the verdict the file's name carries.
         entry = verdict_of(path)
-        if entry is not None and entry["verdict"] != USABLE and not allow_unusable:
-            raise UnusableModelError(f"{path} is flagged {entry['verdict'].upper()} by its export report "
-                                     f"({entry['reason']}); pass --allow_unusable to use it anyway")
+        verdict, source = ((entry["verdict"], f"its export report ({entry['reason']})") if entry else
+                           (verdict_in_name(path) or USABLE, "its file name (no export report beside it names it)"))
+        if verdict != USABLE and not allow_unusable:
+            raise UnusableModelError(f"{path} is flagged {verdict.upper()} by {source}; "
+                                     "pass --allow_unusable to use it anyway")
         folder = os.path.dirname(path)
         self.spec = ModelSpec.load(folder)
         with tf.io.gfile.GFile(path, "rb") as f:

@@ -239,8 +239,7 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
                 continue
             seconds = round(time.perf_counter() - started, 1)
             entry = evaluate_variant(content, windows, reference, decision, min_agreement_windows)
-            suffix = "" if entry["usable"] else "_" + entry["verdict"].replace(" ", "_")
-            file_name = f"model_{variant}{suffix}.tflite"
+            file_name = tflite_file_name(variant, entry["verdict"])
             storage.write_bytes(storage.join(tflite_dir, file_name), content)
             report["tflite"][variant] = {"file": f"{TFLITE_DIR}/{file_name}", "size_bytes": len(content),
                                          "convert_seconds": seconds,
@@ -290,6 +289,19 @@ def summary_lines(report: dict) -> list[str]:
         verdict = USABLE if entry["usable"] else f"{entry['verdict'].upper()} ({entry['reason']})"
         lines.append(f"{variant:<14}{''.join(cells)}  {verdict}")
     return lines
+
+
+def tflite_file_name(variant: str, verdict: str) -> str:
+    """`model_<variant>.tflite` when usable, else `model_<variant>_<verdict>.tflite`: the name warns even where the
+    report is not beside it."""
+    return f"model_{variant}.tflite" if verdict == USABLE else f"model_{variant}_{verdict.replace(' ', '_')}.tflite"
+
+
+def verdict_in_name(tflite_path: str) -> str | None:
+    """The verdict a `tflite_file_name` carries when it is not usable ('unusable', 'not measured'), else None."""
+    stem = posixpath.basename(tflite_path).removesuffix(".tflite")
+    return next((verdict for verdict in ("unusable", "not measured") if stem.endswith("_" + verdict.replace(" ", "_"))),
+                None)
 
 
 def verdict_of(tflite_path: str) -> dict | None:

@@ -6,6 +6,8 @@ refusal."""
 from __future__ import annotations
 
 import json
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -212,3 +214,12 @@ def test_predict_refuses_a_model_not_called_usable_unless_forced(unmeasured_expo
     forced = _predict(f"--model={model}", "--allow_unusable", "--json", *args)
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert json.loads(forced.stdout)[0]["file"] == str(tmp_path / "flat.npy")
+    # Without the report beside it (the tflite/ folder copied alone, or an s3:// export still being copied), the
+    # file's name still says it is not usable; a usable name is loaded as before.
+    alone = tmp_path / "tflite"
+    shutil.copytree(pathlib.Path(model).parent, alone)
+    with pytest.raises(predictors.UnusableModelError, match="NOT MEASURED by its file name"):
+        predictors.load_predictor(str(alone / "model_float32_not_measured.tflite"))
+    assert predictors.load_predictor(str(alone / "model_float32_not_measured.tflite"), allow_unusable=True)
+    (alone / "model_float32_not_measured.tflite").rename(alone / "model_float32.tflite")
+    assert predictors.load_predictor(str(alone / "model_float32.tflite"))
