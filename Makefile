@@ -38,13 +38,11 @@ test:  ## the whole suite on both stacks (CI runs exactly this)
 	$(MAKE) suite
 	$(MAKE) suite STACK=current
 
-suite: install  ## lint and the whole suite on one stack (on STACK=current the s3:// tests skip: they need TF 2.16-2.17)
-	$(PY) -m ruff check ecg_tfx tests
+suite: lint  ## lint and the whole suite on one stack (on STACK=current the s3:// tests skip: they need TF 2.16-2.17)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
-lint: install
+lint: install  ## ruff's checks (pyproject.toml); the code is formatted by hand at 120 columns, not by `ruff format`
 	$(PY) -m ruff check ecg_tfx tests
-	$(PY) -m ruff format --check ecg_tfx tests
 
 bench: install  ## measured ratios (conversion, input pipeline, precision, export, serving) -> bench/results.md
 	$(PY) bench/run.py
