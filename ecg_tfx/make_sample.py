@@ -32,7 +32,6 @@ def write_sample(path: str, condition: str, duration_s: float, sample_rate_hz: i
     path = path if "://" in path else os.path.abspath(path)
     with storage.local_output(path) as local:
         directory, name = os.path.split(local)
-        os.makedirs(directory, exist_ok=True)
         wfdb.wrsamp(name, fs=sample_rate_hz, units=["mV"] * len(STANDARD12),
                     sig_name=[lead.upper() for lead in STANDARD12], p_signal=signal.astype(np.float64),
                     fmt=["16"] * len(STANDARD12), write_dir=directory, comments=[f"synthetic {condition}, seed {seed}"])

@@ -164,22 +164,27 @@ def local_copy(path: str, with_siblings: bool = False) -> Iterator[str]:
 
 
 @contextmanager
-def local_output(path: str) -> Iterator[str]:
-    """A local path to write `path` with libraries that write only local files (wfdb).
+def local_output(path: str, last: str = ".hea") -> Iterator[str]:
+    """A local path to write `path` with libraries that write only local files (wfdb), published whole.
 
-    A local `path` is yielded as it is; for a URL (s3://, gs://) the files written in the block beside the yielded
-    path (a WFDB record's .hea and .dat) are copied to `path`'s folder when the block succeeds.
+    The block writes beside the yielded path in a scratch folder (a WFDB record's .hea and .dat). When it succeeds,
+    each file is renamed (local) or copied (s3://, gs://) into `path`'s folder, those ending in `last` (the header a
+    reader opens first) at the end; when it fails, nothing is published.
     """
     enable_filesystem(path)
-    if "://" not in path:
-        yield path
-        return
-    folder, name = path.rsplit("/", 1)
-    with tempfile.TemporaryDirectory(prefix="ecg_tfx-") as scratch:
+    url = is_url(path)
+    folder, name = path.rsplit("/", 1) if url else os.path.split(os.path.abspath(path))
+    if not url:
+        os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".ecg_tfx-", dir=None if url else folder) as scratch:  # local: same disk
         yield os.path.join(scratch, name)
-        _tf().io.gfile.makedirs(folder)
-        for written in sorted(os.listdir(scratch)):
-            _tf().io.gfile.copy(os.path.join(scratch, written), join(folder, written), overwrite=True)
+        if url:
+            _tf().io.gfile.makedirs(folder)
+        for written in sorted(os.listdir(scratch), key=lambda file: (file.endswith(last), file)):
+            if url:
+                _tf().io.gfile.copy(os.path.join(scratch, written), join(folder, written), overwrite=True)
+            else:
+                os.replace(os.path.join(scratch, written), os.path.join(folder, written))
 
 
 def write_bytes(path: str, data: bytes) -> None:
