@@ -35,8 +35,9 @@ _LEADS = flags.DEFINE_list("leads", None, "Comma-separated lead names of the .np
 _UNITS = flags.DEFINE_enum("units", None, ["mV", "uV", "V"], "Units of CSV and .npy samples.")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "How many classes to list per record.", lower_bound=1)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON document instead of text.")
-_ALLOW_UNUSABLE = flags.DEFINE_bool("allow_unusable", False, "Use a TFLite model even though its export report "
-                                    "does not call it usable (it disagrees with the SavedModel, or was not measured).")
+_ALLOW_UNUSABLE = flags.DEFINE_bool("allow_unusable", False, "Use a TFLite model even though its export report (or, "
+                                    "without one beside it, its file name) does not call it usable (it disagrees "
+                                    "with the SavedModel, or was not measured).")
 
 flags.mark_flag_as_required("model")
 

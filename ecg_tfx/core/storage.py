@@ -168,8 +168,10 @@ def local_output(path: str, last: str = ".hea") -> Iterator[str]:
     """A local path to write `path` with libraries that write only local files (wfdb), published whole.
 
     The block writes beside the yielded path in a scratch folder (a WFDB record's .hea and .dat). When it succeeds,
-    each file is renamed (local) or copied (s3://, gs://) into `path`'s folder, those ending in `last` (the header a
-    reader opens first) at the end; when it fails, nothing is published.
+    the previous `path + last` is removed, then each file is renamed (local) or copied (s3://, gs://) into `path`'s
+    folder, those ending in `last` (the header a reader opens first) at the end: a kill in between leaves a record
+    without its header, never a new signal under an old header. When the block fails, nothing is published; a
+    killed one leaves its hidden scratch folder (`.ecg_tfx-*`).
     """
     enable_filesystem(path)
     url = is_url(path)
@@ -180,6 +182,8 @@ def local_output(path: str, last: str = ".hea") -> Iterator[str]:
         yield os.path.join(scratch, name)
         if url:
             _tf().io.gfile.makedirs(folder)
+        if exists(path + last):
+            (_tf().io.gfile.remove if url else os.remove)(path + last)
         for written in sorted(os.listdir(scratch), key=lambda file: (file.endswith(last), file)):
             if url:
                 _tf().io.gfile.copy(os.path.join(scratch, written), join(folder, written), overwrite=True)

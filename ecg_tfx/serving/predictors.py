@@ -34,7 +34,7 @@ class InputError(ValueError):
 
 
 class UnusableModelError(InputError):
-    """A TFLite model its export report does not call usable, loaded without `allow_unusable`."""
+    """A TFLite model its export report (or its file name) does not call usable, loaded without `allow_unusable`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,8 @@ class TFLitePredictor:
     gate runs here in TensorFlow; the TFLite file holds only the window model).
 
     A model whose `export_report.json` entry is not 'usable' (too little agreement with the SavedModel, a failed
-    interpreter, too few windows to tell) is refused unless `allow_unusable`.
+    interpreter, too few windows to tell), or without that report one whose file name says so
+    (`tflite.tflite_file_name`), is refused unless `allow_unusable`.
     """
 
     quality_gate = "run by predict (the TFLite model has no gate)"

@@ -97,3 +97,27 @@ def test_the_demo_exports_tflite_with_enough_test_windows_to_judge_each_variant(
                             cwd=REPO, timeout=600)  # TensorFlow's import alone took > 120 s at load 11 on 2 cores
     assert result.returncode == 0, result.stderr[-2000:]
     assert int(result.stdout.strip().splitlines()[-1]) >= tflite.MIN_AGREEMENT_WINDOWS
+
+
+def test_make_demo_runs_its_three_commands_end_to_end_on_fewer_records(tmp_path):
+    """`make demo` as the Makefile runs it (the flagfile's convert, train, evaluate and TFLite export, then
+    make_sample and predict on the sample's header), on 30 patients and 2 epochs instead of 125 and 10."""
+    data, run, sample = tmp_path / "data", tmp_path / "run", tmp_path / "af"
+
+    def command(module: str, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", f"ecg_tfx.{module}", *args], capture_output=True, text=True,
+                              cwd=REPO, timeout=600)
+        assert done.returncode == 0, f"{module}: {done.stderr[-3000:]}"
+        return done.stdout
+
+    command("train", f"--flagfile={DEMO}", f"--data_dir={data}", f"--run_dir={run}", "--synthetic_patients=30",
+            "--synthetic_records_per_patient=1", "--epochs=2", "--warmup_epochs=0")
+    variants = next(line for line in DEMO.read_text().split() if line.startswith("--tflite_variants="))
+    report = json.loads((run / "export" / "ecg" / "1" / "export_report.json").read_text())
+    assert sorted(report["tflite"]) == sorted(variants.split("=", 1)[1].split(","))  # each converted and judged
+    assert all("file" in entry for entry in report["tflite"].values())
+    command("make_sample", "--condition=atrial_fibrillation", f"--output={sample}")
+    [result] = json.loads(command("predict", f"--model={run / 'export' / 'ecg'}", "--json", f"{sample}.hea"))
+    labels = json.loads((run / "model_spec.json").read_text())["labels"]
+    assert result["file"] == f"{sample}.hea" and result["quality_gate"] == "in the SavedModel"
+    assert result["top_k"][0]["class"] in labels and "atrial_fibrillation" in labels
