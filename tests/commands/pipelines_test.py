@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ON_PINNED_STACK
 
 from ecg_tfx.serving import tflite
 
@@ -99,9 +100,11 @@ def test_the_demo_exports_tflite_with_enough_test_windows_to_judge_each_variant(
     assert int(result.stdout.strip().splitlines()[-1]) >= tflite.MIN_AGREEMENT_WINDOWS
 
 
+@pytest.mark.skipif(not ON_PINNED_STACK, reason="`make demo` installs the pinned stack; on the current stack the Colab "
+                    "notebook's test converts, trains, exports and predicts")
 def test_make_demo_runs_its_three_commands_end_to_end_on_fewer_records(tmp_path):
     """`make demo` as the Makefile runs it (the flagfile's convert, train, evaluate and TFLite export, then
-    make_sample and predict on the sample's header), on 30 patients and 2 epochs instead of 125 and 10."""
+    make_sample and predict on the sample's header), on 30 patients and 1 epoch instead of 125 and 10."""
     data, run, sample = tmp_path / "data", tmp_path / "run", tmp_path / "af"
 
     def command(module: str, *args: str) -> str:
@@ -111,7 +114,7 @@ def test_make_demo_runs_its_three_commands_end_to_end_on_fewer_records(tmp_path)
         return done.stdout
 
     command("train", f"--flagfile={DEMO}", f"--data_dir={data}", f"--run_dir={run}", "--synthetic_patients=30",
-            "--synthetic_records_per_patient=1", "--epochs=2", "--warmup_epochs=0")
+            "--synthetic_records_per_patient=1", "--epochs=1", "--warmup_epochs=0")
     variants = next(line for line in DEMO.read_text().split() if line.startswith("--tflite_variants="))
     report = json.loads((run / "export" / "ecg" / "1" / "export_report.json").read_text())
     assert sorted(report["tflite"]) == sorted(variants.split("=", 1)[1].split(","))  # each converted and judged
