@@ -3,7 +3,7 @@
     concat(global max pool, global average pool) -> BN + Dropout(p/2) + Dense(128) + ReLU
     -> BN + Dropout(p) + Dense(num_classes)
 
-BatchNorm everywhere in these ports uses PyTorch's defaults: `PYTORCH_BN` (momentum 0.1 there is 0.9 in Keras).
+BatchNorm uses PyTorch's defaults, as every model here (`parts.PYTORCH_BN`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import keras
 
 from ecg_tfx.models.cnn import probability_output
-from ecg_tfx.models.parts import HEAD_PREFIX
+from ecg_tfx.models.parts import HEAD_PREFIX, PYTORCH_BN
 
-PYTORCH_BN = {"momentum": 0.9, "epsilon": 1e-5}
 HEAD_UNITS = 128
 
 

@@ -7,6 +7,9 @@ default — the seed's value is not documented, 0.3 is the common choice for thi
     Conv1D(512, 3)+BN+GlobalAveragePooling+Dropout, Dense(256)+BN+Dropout, Dense(128)+BN+Dropout,
     Dense(num_classes) with softmax (single-label) or sigmoid (multi-label), computed in float32.
 
+BatchNormalization has PyTorch's momentum 0.9 (`parts.PYTORCH_BN`), not the seed's Keras default 0.99, whose
+moving statistics lag the weights on short runs (parts.py says by how much).
+
 Parameter counts (computed with `model.count_params()`, BN moving statistics included):
 12 leads / 2 classes: 821,314 (818,626 trainable); 1 lead / 2 classes: 810,754 (808,066 trainable).
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import keras
 
-from ecg_tfx.models.parts import HEAD_PREFIX, OUTPUT_NAME
+from ecg_tfx.models.parts import HEAD_PREFIX, OUTPUT_NAME, PYTORCH_BN
 
 DEFAULT_DROPOUT = 0.3
 _CONV_BLOCKS = ((64, 15), (128, 10), (256, 5), (512, 3))
@@ -48,13 +51,13 @@ def build_cnn(
     x = inputs
     for i, (filters, kernel) in enumerate(_CONV_BLOCKS):
         x = keras.layers.Conv1D(filters, kernel, padding="same", activation="relu")(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(**PYTORCH_BN)(x)
         last = i == len(_CONV_BLOCKS) - 1
         x = keras.layers.GlobalAveragePooling1D()(x) if last else keras.layers.MaxPooling1D(2)(x)
         x = keras.layers.Dropout(rate)(x)
     for i, units in enumerate(_DENSE_UNITS):  # the head (`models.parts`): the dense blocks and the output
         x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense_{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"{HEAD_PREFIX}bn_{i}")(x)
+        x = keras.layers.BatchNormalization(**PYTORCH_BN, name=f"{HEAD_PREFIX}bn_{i}")(x)
         x = keras.layers.Dropout(rate, name=f"{HEAD_PREFIX}dropout_{i}")(x)
     outputs = probability_output(x, num_classes, multi_label)
     return keras.Model(inputs, outputs, name="cnn")

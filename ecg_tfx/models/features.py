@@ -38,7 +38,7 @@ import numpy as np
 from keras import ops
 
 from ecg_tfx.models.cnn import probability_output, signal_input
-from ecg_tfx.models.parts import HEAD_PREFIX
+from ecg_tfx.models.parts import HEAD_PREFIX, PYTORCH_BN
 
 FEATURE_NAMES = (
     "heart_rate_bpm",
@@ -266,7 +266,7 @@ def build_features_model(
     lead = default_lead_index(num_leads) if lead_index is None else lead_index
     x = ecg_features(inputs, sample_rate_hz, lead, max_beats_for(window_samples, sample_rate_hz))
     # The body (the features) learns nothing: everything trainable is the head (`models.parts`).
-    x = keras.layers.BatchNormalization(dtype="float32", name=f"{HEAD_PREFIX}bn")(x)
+    x = keras.layers.BatchNormalization(**PYTORCH_BN, dtype="float32", name=f"{HEAD_PREFIX}bn")(x)
     for i, units in enumerate(HIDDEN_UNITS):
         x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense_{i}")(x)
         x = keras.layers.Dropout(rate, name=f"{HEAD_PREFIX}dropout_{i}")(x)

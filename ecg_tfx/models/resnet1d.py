@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import keras
 
-from ecg_tfx.models.benchmark_head import PYTORCH_BN, benchmark_head
+from ecg_tfx.models.benchmark_head import benchmark_head
 from ecg_tfx.models.cnn import signal_input
+from ecg_tfx.models.parts import PYTORCH_BN
 
 DEFAULT_DROPOUT = 0.5
 FILTERS = 128

@@ -114,13 +114,18 @@ PLAIN_TF_CALLS = PEAK + """
     model = tf.saved_model.load(sys.argv[1])
     with open(sys.argv[2], "rb") as f:
         cases = pickle.load(f)
-    out = {"metadata": model.metadata()["input_contract_json"].numpy().decode()}
-    model.signatures["serving_default"](**ecg(1, 5000, 500.0, None))  # traced and warm before measuring
-    for name, (signature, request) in cases.items():
+    def inputs_of(signature, request):
         if signature == "serving_default":
-            inputs = ecg(*request)
-        else:
-            inputs = {"examples" if signature == "serve_examples" else "inputs": tf.constant(request)}
+            return ecg(*request)
+        return {"examples" if signature == "serve_examples" else "inputs": tf.constant(request)}
+
+    out = {"metadata": model.metadata()["input_contract_json"].numpy().decode()}
+    model.signatures["serving_default"](**ecg(1, 5000, 500.0, None))  # every signature warm before measuring
+    for name, (signature, request) in cases.items():
+        if name.endswith(":good"):
+            model.signatures[signature](**inputs_of(signature, request))
+    for name, (signature, request) in cases.items():
+        inputs = inputs_of(signature, request)
         answer, start = ["accepted"], time.perf_counter()
 
         def call():

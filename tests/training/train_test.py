@@ -151,7 +151,7 @@ def test_a_run_killed_while_it_evaluates_resumes_without_training_again(data_dir
     """Training ended (stopped early here), model.keras was written, then the kill came during evaluation: the rerun
     finds the finished training's backup, runs no epoch, and completes the run folder with the same model."""
     config = TrainConfig(data_dir=data_dir, run_dir=str(tmp_path), epochs=6, batch_size=8, export=False,
-                         precision="float32", monitor="val_loss", patience=1, warmup_epochs=1)
+                         precision="float32", monitor="val_accuracy", patience=1, warmup_epochs=1)
 
     def killed(*args, **kwargs) -> None:
         raise _KilledWhileFinishing
