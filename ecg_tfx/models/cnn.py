@@ -7,8 +7,8 @@ default — the seed's value is not documented, 0.3 is the common choice for thi
     Conv1D(512, 3)+BN+GlobalAveragePooling+Dropout, Dense(256)+BN+Dropout, Dense(128)+BN+Dropout,
     Dense(num_classes) with softmax (single-label) or sigmoid (multi-label), computed in float32.
 
-BatchNormalization has PyTorch's momentum 0.9 (`parts.PYTORCH_BN`), not the seed's Keras default 0.99, whose
-moving statistics lag the weights on short runs (parts.py says by how much).
+BatchNormalization has PyTorch's defaults (`parts.PYTORCH_BN`: momentum 0.9, epsilon 1e-5), not the seed's Keras
+ones (0.99, 1e-3): with momentum 0.99 the moving statistics lag the weights on short runs (parts.py says how much).
 
 Parameter counts (computed with `model.count_params()`, BN moving statistics included):
 12 leads / 2 classes: 821,314 (818,626 trainable); 1 lead / 2 classes: 810,754 (808,066 trainable).
