@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ecg_tfx.core import schema, storage
-from ecg_tfx.core.model_spec import ModelSpec
-from ecg_tfx.dsp.preprocessing import PreprocessConfig
+
+if TYPE_CHECKING:
+    from ecg_tfx.core.model_spec import ModelSpec
 
 FILENAME = "manifest.json"
 SPLITS = ("train", "validation", "test")
@@ -101,6 +102,10 @@ class Manifest:
                    powerline_hz: float | None = None) -> ModelSpec:
         """The spec of a `model` trained on this data: inputs of `input_seconds` (0 = the stored window) cut
         every `eval_stride_seconds` at test time, with the given preprocessing filters (None = off)."""
+        # Here, not at the top: they import TensorFlow, which a conversion (that only writes a manifest) needs not.
+        from ecg_tfx.core.model_spec import ModelSpec
+        from ecg_tfx.dsp.preprocessing import PreprocessConfig
+
         rate = self.sample_rate_hz
         input_samples = round(input_seconds * rate) or self.window_samples
         if input_samples > self.window_samples:

@@ -1,14 +1,17 @@
 """File I/O through `tf.io.gfile`, so local paths, gs:// and (with tensorflow-io) s3:// all work.
 
-Every output appears whole or not at all: it is written under a temporary name, then renamed. TensorFlow is imported
-on first use; what a conversion worker does on a local folder (TFRecords, JSON, renames, hashes) needs none of it.
+Every output appears whole or not at all: it is written under a temporary name, then renamed. Local paths use the
+standard library and TensorFlow is imported for URLs only: a conversion into a local folder (TFRecords, JSON, renames,
+hashes) needs none of it.
 """
 
 from __future__ import annotations
 
+import glob as globbing
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -109,6 +112,27 @@ def publish(tmp_path: str, path: str) -> None:
 
 def exists(path: str) -> bool:
     return _tf().io.gfile.exists(path) if is_url(path) else os.path.exists(path)
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths matching `pattern`; a local name starting with a dot matches only a pattern that does."""
+    return _tf().io.gfile.glob(pattern) if is_url(pattern) else sorted(globbing.glob(pattern))
+
+
+def makedirs(path: str) -> None:
+    """Creates the folder and its parents; nothing if it exists."""
+    _tf().io.gfile.makedirs(path) if is_url(path) else os.makedirs(path, exist_ok=True)
+
+
+def remove(path: str) -> None:
+    """Deletes a file, or a folder with everything in it."""
+    if is_url(path):
+        gfile = _tf().io.gfile
+        (gfile.rmtree if gfile.isdir(path) else gfile.remove)(path)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 @contextmanager
@@ -215,8 +239,7 @@ def read_text(path: str) -> str:
 
 
 def read_json(path: str) -> dict:
-    with _tf().io.gfile.GFile(path, "rb") as f:
-        return json.loads(f.read())
+    return json.loads(read_text(path))
 
 
 @contextmanager
@@ -231,7 +254,7 @@ def tfrecord_writer(path: str, compression: str) -> Iterator[tfrecord.TFRecordFi
             writer.close()
     except BaseException:
         if exists(tmp):
-            (_tf().io.gfile.remove if is_url(tmp) else os.remove)(tmp)
+            remove(tmp)
         raise
     publish(tmp, path)
 

@@ -13,7 +13,6 @@ import types
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-import tensorflow as tf
 from absl import logging
 
 from ecg_tfx.core import labels, schema, storage
@@ -171,16 +170,20 @@ def assign_splits(config: ConversionConfig, items: list[shards.Item]) -> dict[st
 
 
 class Progress:
-    """A progress bar on a terminal; a log line every 10% otherwise (CI logs, notebooks, files)."""
+    """Records converted so far: one line rewritten in place on a terminal; a log line every 10% otherwise (CI logs,
+    notebooks, files)."""
 
     def __init__(self, total: int):
         self.total, self.done, self.logged = total, 0, 0
-        self.bar = tf.keras.utils.Progbar(total, unit_name="record") if sys.stdout.isatty() else None
+        self.start, self.terminal = time.monotonic(), sys.stdout.isatty()
 
     def add(self, count: int) -> None:
         self.done += count
-        if self.bar is not None:
-            self.bar.add(count)
+        if self.terminal:
+            rate = self.done / max(time.monotonic() - self.start, 1e-6)
+            print(f"\rconverted {self.done}/{self.total} records ({rate:.1f}/s)", end="", flush=True)
+            if self.done == self.total:
+                print()
         elif self.done * 10 // max(self.total, 1) > self.logged or self.done == self.total:
             self.logged = self.done * 10 // max(self.total, 1)
             logging.info("converted %d/%d records", self.done, self.total)
@@ -252,11 +255,11 @@ def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> Manifest
     manifest_path = storage.join(output_dir, MANIFEST_FILE)
     config_path = storage.join(output_dir, shards.PROGRESS_DIR, "config.json")
     existing = None
-    if tf.io.gfile.exists(manifest_path):
+    if storage.exists(manifest_path):
         existing = storage.read_json(manifest_path)["config"]
-    elif tf.io.gfile.exists(config_path):
+    elif storage.exists(config_path):
         existing = storage.read_json(config_path)
-    elif tf.io.gfile.exists(output_dir) and tf.io.gfile.glob(storage.join(output_dir, "*.tfrecord*")):
+    elif storage.glob(storage.join(output_dir, "*.tfrecord*")):
         existing = {"unknown": "TFRecords from another run"}
     if existing is not None and identity(existing) != identity(recorded):
         if not overwrite:
@@ -265,14 +268,14 @@ def prepare_output(output_dir: str, recorded: dict, overwrite: bool) -> Manifest
             raise ConversionError(f"{output_dir} holds a conversion made with other flags ({', '.join(changed)}); "
                                   "pass --overwrite to replace it")
         for pattern in ("*.tfrecord*", MANIFEST_FILE, shards.PROGRESS_DIR):
-            for path in tf.io.gfile.glob(storage.join(output_dir, pattern)):
-                (tf.io.gfile.rmtree if tf.io.gfile.isdir(path) else tf.io.gfile.remove)(path)
+            for path in storage.glob(storage.join(output_dir, pattern)):
+                storage.remove(path)
         existing = None
-    if existing is not None and tf.io.gfile.exists(manifest_path):
+    if existing is not None and storage.exists(manifest_path):
         return Manifest.load(output_dir)
-    for stale in tf.io.gfile.glob(storage.join(output_dir, ".*.tmp-*")):  # left by a killed run
-        tf.io.gfile.remove(stale)
-    tf.io.gfile.makedirs(storage.join(output_dir, shards.PROGRESS_DIR))
+    for stale in storage.glob(storage.join(output_dir, ".*.tmp-*")):  # left by a killed run
+        storage.remove(stale)
+    storage.makedirs(storage.join(output_dir, shards.PROGRESS_DIR))
     storage.write_json(config_path, recorded)
     return None
 
@@ -357,7 +360,7 @@ def run(config: ConversionConfig, output_dir: str, num_workers: int = 1, overwri
     check_failures(read_failures, planned.total, config.max_failure_fraction)
     manifest = _manifest(config, planned.preset, planned.window, tasks, results, planned.skipped)
     manifest.save(output_dir)
-    tf.io.gfile.rmtree(storage.join(output_dir, shards.PROGRESS_DIR))
+    storage.remove(storage.join(output_dir, shards.PROGRESS_DIR))
     return manifest
 
 
