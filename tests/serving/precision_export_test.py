@@ -1,4 +1,5 @@
-"""Export of runs trained under each precision policy: float32 TFLite always, the SavedModel in its compute dtype."""
+"""Export of runs trained under a mixed precision policy: float32 TFLite always, the SavedModel in its compute
+dtype."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from ecg_tfx.serving.exporter import REPORT_FILE, export_run
 from ecg_tfx.serving.precision import with_compute_dtype
 from ecg_tfx.serving.tflite import TFLiteRunner, read_windows
 
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+# The mixed policies: a float32 run's export is tiny_export's, whose TFLite and SavedModel agreement with the Keras
+# model export_test and tflite_test check.
+MIXED = ("mixed_float16", "mixed_bfloat16")
 UNCALIBRATED = ("float32", "float16", "dynamic_range")
 REDUCED = {"bfloat16": tf.bfloat16.as_datatype_enum, "float16": tf.float16.as_datatype_enum}
-TOLERANCE = {"float32": 1e-5, "mixed_float16": 5e-3, "mixed_bfloat16": 3e-2}  # |dp| of a 1-epoch tiny CNN
+TOLERANCE = {"mixed_float16": 5e-3, "mixed_bfloat16": 3e-2}  # |dp| of a 1-epoch tiny CNN
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +69,8 @@ def graph_dtypes(version: pathlib.Path) -> set[int]:
     return {t for node in nodes for attr in node.attr.values() for t in [attr.type, *attr.list.type]}
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_every_policy_exports_float32_tflite_and_a_float32_saved_model(policy, policy_run, tiny_conversion,
+@pytest.mark.parametrize("policy", MIXED)
+def test_a_mixed_run_exports_float32_tflite_and_a_float32_saved_model(policy, policy_run, tiny_conversion,
                                                                        tmp_path):
     data_dir, _ = tiny_conversion
     run_dir = policy_run(policy)
