@@ -1,4 +1,4 @@
-"""File I/O through `tf.io.gfile`, so local paths, gs:// and (with tensorflow-io) s3:// all work.
+"""File I/O for local paths, gs:// and (with tensorflow-io) s3://: URLs go through `tf.io.gfile`.
 
 Every output appears whole or not at all: it is written under a temporary name, then renamed. Local paths use the
 standard library and TensorFlow is imported for URLs only: a conversion into a local folder (TFRecords, JSON, renames,
@@ -121,7 +121,10 @@ def glob(pattern: str) -> list[str]:
 
 def makedirs(path: str) -> None:
     """Creates the folder and its parents; nothing if it exists."""
-    _tf().io.gfile.makedirs(path) if is_url(path) else os.makedirs(path, exist_ok=True)
+    if is_url(path):
+        _tf().io.gfile.makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
 
 
 def remove(path: str) -> None:
