@@ -136,7 +136,8 @@ def test_a_warm_started_run_fine_tunes_over_two_replicas(tiny_conversion, tiny_r
          "--precision=mixed_bfloat16", "--export=false"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["replicas"] == 2 and info["precision"] == "mixed_bfloat16" and info["epochs_run"] == 2
+    assert info["strategy"] == "MirroredStrategy" and info["replicas"] == 2
+    assert info["precision"] == "mixed_bfloat16" and info["epochs_run"] == 2
     assert info["init_from"]["body_lr_factor"] == 0.5 and info["init_from"]["freeze_epochs"] == 1
     pretrained = keras.saving.load_model(tiny_run / "model.keras", compile=False)
     final = keras.saving.load_model(tmp_path / "model.keras", compile=False)
