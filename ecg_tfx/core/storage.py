@@ -163,9 +163,9 @@ def publish_dir(tmp_dir: str, path: str, last: str = "saved_model.pb") -> None:
     files = [os.path.relpath(join(root, name), tmp_dir)
              for root, _, names in _tf().io.gfile.walk(tmp_dir) for name in names]
     for relative in sorted(files, key=lambda name: name == last):
-        _tf().io.gfile.makedirs(os.path.dirname(join(path, relative)))
+        makedirs(os.path.dirname(join(path, relative)))
         _tf().io.gfile.copy(join(tmp_dir, relative), join(path, relative), overwrite=True)
-    _tf().io.gfile.rmtree(tmp_dir)
+    remove(tmp_dir)
 
 
 @contextmanager
@@ -204,13 +204,13 @@ def local_output(path: str, last: str = ".hea") -> Iterator[str]:
     url = is_url(path)
     folder, name = path.rsplit("/", 1) if url else os.path.split(os.path.abspath(path))
     if not url:
-        os.makedirs(folder, exist_ok=True)
+        makedirs(folder)
     with tempfile.TemporaryDirectory(prefix=".ecg_tfx-", dir=None if url else folder) as scratch:  # local: same disk
         yield os.path.join(scratch, name)
         if url:
-            _tf().io.gfile.makedirs(folder)
+            makedirs(folder)
         if exists(path + last):
-            (_tf().io.gfile.remove if url else os.remove)(path + last)
+            remove(path + last)
         for written in sorted(os.listdir(scratch), key=lambda file: (file.endswith(last), file)):
             if url:
                 _tf().io.gfile.copy(os.path.join(scratch, written), join(folder, written), overwrite=True)

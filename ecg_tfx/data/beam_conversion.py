@@ -108,9 +108,8 @@ def build_pipeline(pipeline: beam.Pipeline, planned: conversion.ConversionPlan, 
 
 def read_results(results_dir: str) -> list[dict]:
     values = []
-    for path in sorted(tf.io.gfile.glob(storage.join(results_dir, "*.jsonl"))):
-        with tf.io.gfile.GFile(path) as f:
-            values += [json.loads(line) for line in f if line.strip()]
+    for path in storage.glob(storage.join(results_dir, "*.jsonl")):
+        values += [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
     return values
 
 
@@ -140,8 +139,8 @@ def run(config: ConversionConfig, output_dir: str, beam_args: Sequence[str] = ()
         return done
     planned = conversion.plan_conversion(config)
     results_dir = storage.join(output_dir, shards.PROGRESS_DIR, _RESULTS_DIR)
-    if tf.io.gfile.exists(results_dir):  # from an interrupted run
-        tf.io.gfile.rmtree(results_dir)
+    if storage.exists(results_dir):  # from an interrupted run
+        storage.remove(results_dir)
     with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
         build_pipeline(pipeline, planned, output_dir, config.compression, storage.join(results_dir, "results"))
     results = read_results(results_dir)
@@ -156,5 +155,5 @@ def run(config: ConversionConfig, output_dir: str, beam_args: Sequence[str] = ()
          for split in SPLITS},
         planned.skipped)
     manifest.save(output_dir)
-    tf.io.gfile.rmtree(storage.join(output_dir, shards.PROGRESS_DIR))
+    storage.remove(storage.join(output_dir, shards.PROGRESS_DIR))
     return manifest
