@@ -3,6 +3,7 @@ dtype."""
 
 from __future__ import annotations
 
+import csv
 import json
 import pathlib
 
@@ -10,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import built_once
 from tensorflow.core.protobuf import saved_model_pb2
 
 from ecg_tfx.core import schema
@@ -35,30 +37,27 @@ TOLERANCE = {"mixed_float16": 5e-3, "mixed_bfloat16": 3e-2}  # |dp| of a 1-epoch
 
 @pytest.fixture(scope="module")
 def policy_run(tiny_conversion, tmp_path_factory):
-    """policy -> a run folder with the tiny CNN fitted one step under that global policy (reset afterwards)."""
+    """policy -> a run folder (model.keras, model_spec.json, history.csv) with the tiny CNN fitted one step under that
+    mixed policy (set globally, reset afterwards), trained once per test run."""
     data_dir, manifest = tiny_conversion
-    runs = {}
 
-    def make(policy: str) -> pathlib.Path:
-        if policy not in runs:
-            run_dir = tmp_path_factory.mktemp(f"run_{policy}")
-            spec = manifest.model_spec("cnn", input_seconds=2.5, eval_stride_seconds=2.5)
-            keras.mixed_precision.set_global_policy(policy)
-            try:
-                keras.utils.set_random_seed(0)
-                model = build_model("cnn", len(spec.leads), len(spec.labels), False, spec.sample_rate_hz)
-                model.compile(optimizer="adam", loss="categorical_crossentropy")
-                # One step of 2 windows: enough to save a trained mixed model (float16 has no fast CPU kernels).
-                model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 2, training=False),
-                          epochs=1, steps_per_epoch=1, verbose=0)
-                model.save(RunFolder(str(run_dir)).model)
-            finally:
-                keras.mixed_precision.set_global_policy("float32")
-            spec.save(str(run_dir))
-            runs[policy] = run_dir
-        return runs[policy]
+    def fit(policy: str, run_dir: pathlib.Path) -> None:
+        spec = manifest.model_spec("cnn", input_seconds=2.5, eval_stride_seconds=2.5)
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            keras.utils.set_random_seed(0)
+            model = build_model("cnn", len(spec.leads), len(spec.labels), False, spec.sample_rate_hz)
+            model.compile(optimizer="adam", loss="categorical_crossentropy")
+            # One step of 2 windows: enough to save a trained mixed model (float16 has no fast CPU kernels).
+            model.fit(input_pipeline.make_dataset(str(data_dir), manifest, "train", spec, 2, training=False),
+                      epochs=1, steps_per_epoch=1, verbose=0,
+                      callbacks=[keras.callbacks.CSVLogger(str(run_dir / "history.csv"))])
+            model.save(RunFolder(str(run_dir)).model)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        spec.save(str(run_dir))
 
-    return make
+    return lambda policy: built_once(tmp_path_factory, f"run_{policy}", lambda folder: fit(policy, folder))
 
 
 def graph_dtypes(version: pathlib.Path) -> set[int]:
@@ -70,12 +69,16 @@ def graph_dtypes(version: pathlib.Path) -> set[int]:
 
 
 @pytest.mark.parametrize("policy", MIXED)
-def test_a_mixed_run_exports_float32_tflite_and_a_float32_saved_model(policy, policy_run, tiny_conversion,
-                                                                       tmp_path):
+def test_a_mixed_run_trains_and_exports_float32_tflite_and_a_float32_saved_model(policy, policy_run,
+                                                                                  tiny_conversion, tmp_path):
     data_dir, _ = tiny_conversion
     run_dir = policy_run(policy)
     trained, spec = load_run(str(run_dir))
+    # Trained under the policy: reduced compute, float32 weights and probabilities, a finite loss.
     assert trained.layers[1].compute_dtype == policy.replace("mixed_", "")
+    assert all(v.dtype == "float32" for v in trained.trainable_variables) and trained.output.dtype == "float32"
+    with open(run_dir / "history.csv") as f:
+        assert np.isfinite([float(row["loss"]) for row in csv.DictReader(f)]).all()
     # The variants without calibration: the calibrated ones convert the same float32 window model (tested on
     # tiny_export); 4 test windows in the tiny data.
     version = pathlib.Path(export_run(str(run_dir), str(tmp_path), tflite=True, data_dir=str(data_dir),
@@ -121,10 +124,10 @@ def test_bfloat16_compute_stays_within_bf16_rounding_of_float32(policy_run, tiny
     assert np.abs(outputs["bfloat16"] - outputs["float32"]).max() > 0  # it did compute in bf16
 
 
-def test_float16_run_exports_bfloat16_compute_and_float32_runs_refuse_it(policy_run):
+def test_float16_run_exports_bfloat16_compute_and_float32_runs_refuse_it(policy_run, tiny_run):
     fp16, _ = load_run(str(policy_run("mixed_float16")))
     bf16 = with_compute_dtype(fp16, "bfloat16")
     assert {layer.dtype_policy.name for layer in bf16.layers[1:]} == {"mixed_bfloat16", "float32"}
     assert bf16.layers[-1].compute_dtype == "float32"  # the probability output stays pinned
     with pytest.raises(ValueError, match="trained under float32"):
-        with_compute_dtype(load_run(str(policy_run("float32")))[0], "bfloat16")
+        with_compute_dtype(load_run(str(tiny_run))[0], "bfloat16")  # trained under float32

@@ -1,6 +1,6 @@
-"""The trainer: real Keras training (tiny data): the command's whole run, every precision policy, the schedule,
-checkpoints and resumes after a kill. Two mirrored replicas train in fine_tuning_test, two workers in
-multi_worker_test."""
+"""The trainer: real Keras training (tiny data): the command's whole run, the automatic precision choice, the
+schedule, checkpoints and resumes after a kill. Two mirrored replicas train in fine_tuning_test, two workers in
+multi_worker_test, the mixed precision policies in serving/precision_export_test (whose runs it exports)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ from ecg_tfx.core.manifest import Manifest
 from ecg_tfx.core.model_spec import ModelSpec
 from ecg_tfx.data import conversion, input_pipeline
 from ecg_tfx.data.conversion import ConversionConfig
-from ecg_tfx.dsp.augment import AugmentConfig
-from ecg_tfx.models import build_model
 from ecg_tfx.training import distribute, trainer
 from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger, FiniteWeights, TrainingDiverged
 from ecg_tfx.training.config import TrainConfig
@@ -91,26 +89,6 @@ def test_one_cycle_schedule_spans_the_run(data_dir, tmp_path):
     assert float(schedule(int(0.3 * 2 * steps_per_epoch))) == pytest.approx(0.01)  # the peak, after warm-up
     assert float(optimizer.learning_rate) == pytest.approx(0.01 * 1e-4, rel=1e-3)  # annealed by the last step
     assert "learning_rate" not in history(tmp_path)[0]  # no ReduceLROnPlateau fighting the schedule
-
-
-@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
-def test_each_precision_policy_trains(data_dir, policy):
-    manifest = Manifest.load(data_dir)
-    spec = manifest.model_spec("cnn", input_seconds=2.5)
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = build_model("cnn", 12, 5, False, 100, 250)
-        model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy")
-        dataset = input_pipeline.make_dataset(data_dir, manifest, "train", spec, 2, True,
-                                              AugmentConfig(crop_samples=250))
-        # Two small batches per epoch: float16 has no fast CPU kernels (~5 s a step of 8 x 500 x 12 samples),
-        # and the policy shows in the first step.
-        losses = model.fit(dataset.take(2), epochs=2, verbose=0).history["loss"]
-        assert model.layers[1].compute_dtype == policy.replace("mixed_", "")
-        assert all(v.dtype == "float32" for v in model.trainable_variables)
-        assert model.output.dtype == "float32" and np.all(np.isfinite(losses))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize("gpus, cpu, tpu, expected", [
