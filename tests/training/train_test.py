@@ -26,7 +26,9 @@ from ecg_tfx.training.callbacks import BestCheckpoint, CSVLogger, FiniteWeights,
 from ecg_tfx.training.config import TrainConfig
 
 TINY = ConversionConfig(synthetic_patients=20, synthetic_records_per_patient=2, synthetic_duration_s=10,
-                        sample_rate=100, shard_size_mb=0.2)
+                        sample_rate=100, shard_size_mb=0.2)  # split_seed 0
+TINY_FLAGS = ["--synthetic_patients=20", "--synthetic_records_per_patient=2", "--synthetic_duration_s=10",
+              "--sample_rate=100", "--shard_size_mb=0.2"]  # the same conversion, as `train --convert` takes it
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +50,19 @@ def history(run_dir: pathlib.Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_the_cli_trains_the_features_model_two_epochs(data_dir, tmp_path):
-    """The CLI's whole run, for the features model (no convolutions). A CNN's CLI run over two mirrored replicas is
-    fine_tuning_test's; each model's own training, saving and reloading is in models_test."""
+def test_the_cli_reuses_a_conversion_of_any_training_seed_and_trains_the_features_model_two_epochs(data_dir,
+                                                                                                    tmp_path):
+    """`train --convert` with training seed 2 reuses data converted with split seed 0 and says how many records it
+    skipped; then the CLI's whole run, for the features model (no convolutions). A CNN's CLI run over two mirrored
+    replicas is fine_tuning_test's; each model's own training, saving and reloading is in models_test."""
     model = "features"
-    run_train(f"--data_dir={data_dir}", f"--run_dir={tmp_path}", f"--model={model}", "--epochs=2",
-              "--batch_size=8", "--input_seconds=5", "--export=false")
+    manifest = (pathlib.Path(data_dir) / "manifest.json").read_bytes()
+    result = run_train("--convert", *TINY_FLAGS, f"--data_dir={data_dir}", f"--run_dir={tmp_path}", "--seed=2",
+                       f"--model={model}", "--epochs=2", "--batch_size=8", "--input_seconds=5", "--export=false")
+    assert "already holds this conversion" in result.stderr
+    assert "  skipped 0 records\n" in result.stdout  # the conversion's summary, skip counts included
+    assert (pathlib.Path(data_dir) / "manifest.json").read_bytes() == manifest
+    assert "--seed=2" in (tmp_path / "flags.txt").read_text().split()
     for name in ("model.keras", "best.keras", "model_spec.json", "labels.json", "flags.txt", "history.csv",
                  "training_history.png", "metrics.json", "classification_report.txt", "confusion_matrix.png",
                  "roc.png", "sample_predictions.png", "decision.json", "reliability.png", "coverage.png"):
