@@ -4,6 +4,7 @@ dtype."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import pathlib
 
@@ -57,7 +58,11 @@ def policy_run(tiny_conversion, tmp_path_factory):
             keras.mixed_precision.set_global_policy("float32")
         spec.save(str(run_dir))
 
-    return lambda policy: built_once(tmp_path_factory, f"run_{policy}", lambda folder: fit(policy, folder))
+    @functools.cache
+    def run(policy: str) -> pathlib.Path:
+        return built_once(tmp_path_factory, f"run_{policy}", lambda folder: fit(policy, folder))
+
+    return run
 
 
 def graph_dtypes(version: pathlib.Path) -> set[int]:
