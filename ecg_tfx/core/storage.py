@@ -115,8 +115,8 @@ def exists(path: str) -> bool:
 
 
 def glob(pattern: str) -> list[str]:
-    """Paths matching `pattern`; a local name starting with a dot matches only a pattern that does."""
-    return _tf().io.gfile.glob(pattern) if is_url(pattern) else sorted(globbing.glob(pattern))
+    """Paths matching `pattern`, sorted; a local name starting with a dot matches only a pattern that does."""
+    return sorted(_tf().io.gfile.glob(pattern) if is_url(pattern) else globbing.glob(pattern))
 
 
 def makedirs(path: str) -> None:
