@@ -121,12 +121,17 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     while it evaluates or exports resumes to the same model without training again. Multi-worker training does not
     keep it (as Keras, it removes the backup when training ends): the other workers return after training, and a
     restarted chief with no epoch left would wait for them forever; all start again from epoch 0 instead.
+
+    Without `writes` it only restores: multi-worker workers other than the chief resume from the chief's backup,
+    so every replica continues from one epoch with one set of weights, wherever a kill fell between backups.
     """
 
-    def __init__(self, backup_dir: str, stateful: Sequence[keras.callbacks.Callback] = (), keep_finished: bool = True):
+    def __init__(self, backup_dir: str, stateful: Sequence[keras.callbacks.Callback] = (), keep_finished: bool = True,
+                 writes: bool = True):
         super().__init__(backup_dir, save_freq="epoch", double_checkpoint=False)
         self.stateful = list(stateful)
         self.keep_finished = keep_finished
+        self.writes = writes
 
     @staticmethod
     def resume_epoch(backup_dir: str) -> int:
@@ -135,6 +140,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         return int(storage.read_json(path)["epoch"]) if tf.io.gfile.exists(path) else 0
 
     def _save_model(self) -> None:
+        if not self.writes:
+            return
         epoch = self._current_epoch
         tf.io.gfile.makedirs(self.backup_dir)
         metadata = {"epoch": epoch, "weights": f"epoch{epoch}.weights.h5", "callbacks": [],
@@ -158,6 +165,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 tf.io.gfile.remove(storage.join(self.backup_dir, name))
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        if not self.writes:
+            return
         if not self.keep_finished:
             super().on_train_end(logs)  # removes the backup
             return

@@ -1,8 +1,9 @@
 """The trainer: `train(TrainConfig)` fits a model on converted TFRecords, evaluates it and exports it.
 
 It reads no flags (the `train` command turns flags into a TrainConfig), so tests and benchmarks call it
-directly. Under multi-worker training only the chief writes the run folder; the other workers keep their
-backups in `<run_dir>/.workers/<i>/` and remove it at the end.
+directly. Under multi-worker training only the chief writes the run folder, its backup included; the other
+workers resume from that backup, keep their logs and checkpoints in `<run_dir>/.workers/<i>/` and remove it at the
+end.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from ecg_tfx.training.fine_tuning import BodyScaledAdam, BodyScaledAdamW, Freeze
 from ecg_tfx.training.warm_start import warm_start
 
 
-def callbacks(config: TrainConfig, work_dir: str, keep_finished: bool = True) -> list[keras.callbacks.Callback]:
+def callbacks(config: TrainConfig, work_dir: str, backup_dir: str, keep_finished: bool = True,
+              writes_backup: bool = True) -> list[keras.callbacks.Callback]:
     """The body's freezing (--freeze_epochs), the divergence check, LR schedule, early stopping, best checkpoint,
     TensorBoard, CSV log, and last the backup.
 
     `work_dir` is the run folder on the chief; other multi-worker workers get their own, removed at the end.
-    A killed run resumes from the backup with the same best score, patience count and best weights;
-    `keep_finished`: also after training, until the run folder is complete (`ResumableBackup`).
+    A killed run resumes from `backup_dir` with the same best score, patience count and best weights;
+    `keep_finished`: also after training, until the run folder is complete; without `writes_backup` it only
+    restores from `backup_dir` (`ResumableBackup`).
     """
     mode = "min" if "loss" in config.monitor else "max"
     warmup = min(config.warmup_epochs, config.epochs - 1)
@@ -54,8 +57,8 @@ def callbacks(config: TrainConfig, work_dir: str, keep_finished: bool = True) ->
         FiniteWeights(),
         *stateful,
         keras.callbacks.TensorBoard(work.logs),
-        CSVLogger(work.history, first_epoch=ResumableBackup.resume_epoch(work.backup)),
-        ResumableBackup(work.backup, stateful, keep_finished),
+        CSVLogger(work.history, first_epoch=ResumableBackup.resume_epoch(backup_dir)),
+        ResumableBackup(backup_dir, stateful, keep_finished, writes_backup),
     ]
 
 
@@ -153,7 +156,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
             "python": platform.python_version(), "data_dir": config.data_dir, "model": spec.model}
     logging.info("training %s: %s on %d replica(s), precision %s (%s)", spec.model, info["strategy"],
                  info["replicas"], precision, reason)
-    first_epoch = ResumableBackup.resume_epoch(RunFolder(work_dir).backup)
+    first_epoch = ResumableBackup.resume_epoch(run.backup)  # the chief's, for every worker
     train_data, validation_data = datasets(config, manifest, spec, strategy, first_epoch)
     steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, config.batch_size, split == "train",
                                                      split == "train" and strategy.num_replicas_in_sync > 1)
@@ -167,7 +170,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     if chief:
         write_run_files(run, spec, info, flags_text)
     started = time.time()
-    run_callbacks = callbacks(config, work_dir, distribute.num_workers(strategy) == 1)
+    run_callbacks = callbacks(config, work_dir, run.backup, distribute.num_workers(strategy) == 1, chief)
     model.fit(train_data, validation_data=validation_data, epochs=config.epochs, shuffle=False,
               steps_per_epoch=steps["train"], validation_steps=steps["validation"], callbacks=run_callbacks,
               verbose=1 if sys.stdout.isatty() else 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,7 +75,9 @@ def wait_all(workers: list[subprocess.Popen], logs: pathlib.Path, timeout: float
 
 def test_two_workers_killed_together_resume_from_the_backup_and_only_the_chief_writes(data_dir, tmp_path):
     """A preemption: both workers die after the first epoch's backup; started again, they continue (not restart)
-    to the last epoch, and the run folder is the chief's alone, as after an uninterrupted run."""
+    to the last epoch, and the run folder is the chief's alone, as after an uninterrupted run. The other worker's
+    own folder is lost in between (a kill before its epoch ended, or a new machine): it resumes from the chief's
+    backup all the same, at the chief's epoch."""
     run_dir = tmp_path / "run"
     workers = start_workers(data_dir, run_dir, epochs=3, logs=tmp_path)
     metadata = run_dir / "backup" / "training_metadata.json"
@@ -86,12 +89,16 @@ def test_two_workers_killed_together_resume_from_the_backup_and_only_the_chief_w
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
     assert metadata.exists(), (tmp_path / "worker0.log").read_text()[-4000:]
-    (tmp_path / "worker0.log").write_text("")
+    shutil.rmtree(run_dir / ".workers", ignore_errors=True)
+    logs = [tmp_path / f"worker{index}.log" for index in range(2)]
+    for log in logs:
+        log.write_text("")
     workers = start_workers(data_dir, run_dir, epochs=3, logs=tmp_path)
     chiefs.append(workers[0].pid)
     wait_all(workers, tmp_path)
-    resumed = (tmp_path / "worker0.log").read_text()
-    assert "Epoch 3/3" in resumed and "Epoch 1/3" not in resumed  # continued, not restarted
+    for log in logs:  # both continued from the chief's epoch, not restarted
+        resumed = log.read_text()
+        assert "Epoch 2/3" in resumed and "Epoch 3/3" in resumed and "Epoch 1/3" not in resumed, resumed[-4000:]
     names = {p.name for p in run_dir.iterdir()}
     assert RUN_FILES <= names
     assert ".workers" not in names and "backup" not in names  # the non-chief's folder and the backup are gone
