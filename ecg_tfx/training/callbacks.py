@@ -124,14 +124,17 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     Without `writes` it only restores: multi-worker workers other than the chief resume from the chief's backup,
     so every replica continues from one epoch with one set of weights, wherever a kill fell between backups.
+    `settings` (the run's training settings) are recorded with each backup, so a resume under other settings is
+    refused (`check_settings`) instead of ending as neither run would.
     """
 
     def __init__(self, backup_dir: str, stateful: Sequence[keras.callbacks.Callback] = (), keep_finished: bool = True,
-                 writes: bool = True):
+                 writes: bool = True, settings: dict | None = None):
         super().__init__(backup_dir, save_freq="epoch", double_checkpoint=False)
         self.stateful = list(stateful)
         self.keep_finished = keep_finished
         self.writes = writes
+        self.settings = settings or {}
 
     @staticmethod
     def resume_epoch(backup_dir: str) -> int:
@@ -139,12 +142,26 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         path = storage.join(backup_dir, _METADATA)
         return int(storage.read_json(path)["epoch"]) if tf.io.gfile.exists(path) else 0
 
+    @staticmethod
+    def check_settings(backup_dir: str, settings: dict) -> None:
+        """Raises ValueError, naming what changed, when the backup in `backup_dir` was made under other settings."""
+        path = storage.join(backup_dir, _METADATA)
+        if not tf.io.gfile.exists(path):
+            return
+        made_with = storage.read_json(path)["settings"]
+        changed = {name: (made_with.get(name), settings.get(name)) for name in sorted(set(made_with) | set(settings))
+                   if made_with.get(name) != settings.get(name)}
+        if changed:
+            listed = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+            raise ValueError(f"{backup_dir} holds the backup of a run made with other training flags ({listed}): "
+                             "resume it with the flags it was started with, or train into a new --run_dir")
+
     def _save_model(self) -> None:
         if not self.writes:
             return
         epoch = self._current_epoch
         tf.io.gfile.makedirs(self.backup_dir)
-        metadata = {"epoch": epoch, "weights": f"epoch{epoch}.weights.h5", "callbacks": [],
+        metadata = {"epoch": epoch, "settings": self.settings, "weights": f"epoch{epoch}.weights.h5", "callbacks": [],
                     "seed_states": [v.numpy().tolist() for v in _seed_states(self.model)]}
         self.model.save_weights(storage.join(self.backup_dir, metadata["weights"]), overwrite=True)
         for callback in self.stateful:

@@ -12,6 +12,10 @@ from ecg_tfx.serving.tflite import VARIANTS, check_variants
 from ecg_tfx.training.distribute import PRECISIONS, STRATEGIES
 
 LR_SCHEDULES = ("plateau", "one_cycle")
+# Fields that say where a run reads and writes, how fast it runs, how it is evaluated and what follows training: a
+# killed run may resume with them changed. Every other field changes what training computes.
+_NOT_TRAINING = frozenset({"data_dir", "run_dir", "strategy", "virtual_cpus", "cache", "deterministic",
+                           "eval_stride_seconds", "export", "export_dir", "model_name", "tflite", "tflite_variants"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,11 @@ class TrainConfig:
         check_variants(self.tflite_variants)
         if self.scale_range is not None and not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"scale_range takes two gains low,high with 0 < low <= high, got {self.scale_range}")
+
+    def training_settings(self) -> dict:
+        """The fields that decide what training computes, as JSON holds them: a run resumes only under the same."""
+        return {field.name: list(value) if isinstance(value := getattr(self, field.name), tuple) else value
+                for field in dataclasses.fields(self) if field.name not in _NOT_TRAINING}
 
     def model_spec(self, manifest: Manifest) -> ModelSpec:
         """The spec of the model this config trains on `manifest`'s data."""

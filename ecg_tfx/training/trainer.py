@@ -58,7 +58,7 @@ def callbacks(config: TrainConfig, work_dir: str, backup_dir: str, keep_finished
         *stateful,
         keras.callbacks.TensorBoard(work.logs),
         CSVLogger(work.history, first_epoch=ResumableBackup.resume_epoch(backup_dir)),
-        ResumableBackup(backup_dir, stateful, keep_finished, writes_backup),
+        ResumableBackup(backup_dir, stateful, keep_finished, writes_backup, config.training_settings()),
     ]
 
 
@@ -156,6 +156,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
             "python": platform.python_version(), "data_dir": config.data_dir, "model": spec.model}
     logging.info("training %s: %s on %d replica(s), precision %s (%s)", spec.model, info["strategy"],
                  info["replicas"], precision, reason)
+    ResumableBackup.check_settings(run.backup, config.training_settings())
     first_epoch = ResumableBackup.resume_epoch(run.backup)  # the chief's, for every worker
     train_data, validation_data = datasets(config, manifest, spec, strategy, first_epoch)
     steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, config.batch_size, split == "train",

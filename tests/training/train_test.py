@@ -5,6 +5,7 @@ multi_worker_test, the mixed precision policies in serving/precision_export_test
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -136,7 +137,8 @@ class _KilledWhileFinishing(Exception):
 
 def test_a_run_killed_while_it_evaluates_resumes_without_training_again(data_dir, tmp_path, monkeypatch):
     """Training ended (stopped early here), model.keras was written, then the kill came during evaluation: the rerun
-    finds the finished training's backup, runs no epoch, and completes the run folder with the same model."""
+    finds the finished training's backup, runs no epoch, and completes the run folder with the same model. A rerun
+    with other training flags is refused and leaves the backup as it was; other caching is no such change."""
     config = TrainConfig(data_dir=data_dir, run_dir=str(tmp_path), epochs=6, batch_size=8, export=False,
                          precision="float32", monitor="val_accuracy", patience=1, warmup_epochs=1)
 
@@ -151,7 +153,11 @@ def test_a_run_killed_while_it_evaluates_resumes_without_training_again(data_dir
     rows = history(tmp_path)
     assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 6  # none left
     assert not (tmp_path / "metrics.json").exists()
-    info = trainer.train(config)
+    backup = {path.name: path.read_bytes() for path in (tmp_path / "backup").iterdir()}
+    with pytest.raises(ValueError, match=r"other training flags \(epochs 6 -> 8, learning_rate 0.001 -> 0.01\)"):
+        trainer.train(dataclasses.replace(config, epochs=8, learning_rate=0.01))
+    assert {path.name: path.read_bytes() for path in (tmp_path / "backup").iterdir()} == backup
+    info = trainer.train(dataclasses.replace(config, cache=""))
     assert history(tmp_path) == rows and info["epochs_run"] == len(rows)  # no epoch trained again
     assert len(rows) < 6, "the run should have stopped early"
     for resumed, original in zip(weights(tmp_path / "model.keras"), first, strict=True):
