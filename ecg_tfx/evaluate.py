@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 
-import tensorflow as tf
 from absl import app, flags
 
 from ecg_tfx.core import storage
@@ -54,7 +53,7 @@ def main(argv: list[str]) -> None:
     runs = [RunFolder(path) for path in _RUN_DIR.value]
     for run in runs:
         storage.enable_filesystem(run.path)
-        if not tf.io.gfile.exists(run.checkpoint(_CHECKPOINT.value)):
+        if not storage.exists(run.checkpoint(_CHECKPOINT.value)):
             sys.exit(f"error: {run.checkpoint(_CHECKPOINT.value)} does not exist (is --run_dir a finished training "
                      "run?)")
     manifest = Manifest.load(_DATA_DIR.value)
@@ -68,7 +67,7 @@ def main(argv: list[str]) -> None:
         if len(runs) > 1:  # the decision an ensemble's export fits (its members' do not apply to their mean)
             decision = fit_decision(model, spec, _DATA_DIR.value, manifest, _BATCH_SIZE.value)
         else:
-            decision = Decision.load(runs[0].decision) if tf.io.gfile.exists(runs[0].decision) else None  # defaults
+            decision = Decision.load(runs[0].decision) if storage.exists(runs[0].decision) else None  # defaults
         result = evaluate(model, spec, _DATA_DIR.value, manifest, _SPLIT.value, out_dir, _BATCH_SIZE.value, decision,
                           trained_on)
     except ValueError as error:
@@ -76,7 +75,7 @@ def main(argv: list[str]) -> None:
     if len(runs) > 1:
         decision.save(storage.join(out_dir, "decision.json"))
         print(f"seed ensemble of {len(runs)} runs: {', '.join(run.path for run in runs)}")
-    elif tf.io.gfile.exists(runs[0].history):
+    elif storage.exists(runs[0].history):
         plots.save_training_history(runs[0].history, runs[0].history_plot)
     print(summary(result, out_dir))
 

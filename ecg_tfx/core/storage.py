@@ -114,6 +114,25 @@ def exists(path: str) -> bool:
     return _tf().io.gfile.exists(path) if is_url(path) else os.path.exists(path)
 
 
+def isdir(path: str) -> bool:
+    return _tf().io.gfile.isdir(path) if is_url(path) else os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    """The names in a folder (sub-folders without a trailing slash), sorted."""
+    if is_url(path):
+        return sorted(name.rstrip("/") for name in _tf().io.gfile.listdir(path))
+    return sorted(os.listdir(path))
+
+
+def tree_bytes(path: str) -> int:
+    """Bytes of every file under the folder `path`."""
+    if is_url(path):
+        gfile = _tf().io.gfile
+        return sum(gfile.stat(join(root, name)).length for root, _, names in gfile.walk(path) for name in names)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
 def glob(pattern: str) -> list[str]:
     """Paths matching `pattern`, sorted; a local name starting with a dot matches only a pattern that does."""
     return sorted(_tf().io.gfile.glob(pattern) if is_url(pattern) else globbing.glob(pattern))
@@ -238,6 +257,16 @@ def read_text(path: str) -> str:
             return f.read()
     enable_filesystem(path)
     with _tf().io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    """A whole file: local with the standard library (OSError if missing), a URL with gfile."""
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return f.read()
+    enable_filesystem(path)
+    with _tf().io.gfile.GFile(path, "rb") as f:
         return f.read()
 
 

@@ -118,7 +118,7 @@ def fit_decision(model, spec: ModelSpec, data_dir: str, manifest: Manifest, batc
 
 def trained_source(run: RunFolder) -> str | None:
     """The source of the data a run trained on (its run_info.json's data_dir's manifest); None when unknown."""
-    if not tf.io.gfile.exists(run.run_info):
+    if not storage.exists(run.run_info):
         return None
     data_dir = storage.read_json(run.run_info).get("data_dir")
     try:
@@ -158,7 +158,7 @@ def evaluate(model, spec: ModelSpec, data_dir: str, manifest: Manifest, split: s
     if trained_on is not None:
         result["zero_shot"] = {"trained_on": trained_on, "source": manifest.source, "label_preset":
                                manifest.label_preset, "data_dir": data_dir}
-    tf.io.gfile.makedirs(out_dir)
+    storage.makedirs(out_dir)
     storage.write_json(storage.join(out_dir, "metrics.json"), result)
     storage.write_bytes(storage.join(out_dir, "classification_report.txt"), _report(result).encode())
     storage.write_bytes(storage.join(out_dir, "predictions.csv"), _predictions_csv(

@@ -10,7 +10,6 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -239,5 +238,4 @@ def _epoch_axes(figure: Figure, nrows: int, ncols: int, index: int, name: str, b
 
 def save_training_history(history_path: str, png_path: str) -> None:
     """Reads a run's `history.csv` and writes its `training_history.png` (atomically, any filesystem)."""
-    with tf.io.gfile.GFile(history_path, "r") as f:
-        storage.write_bytes(png_path, training_history_png(f.read()))
+    storage.write_bytes(png_path, training_history_png(storage.read_text(history_path)))

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
 from absl import logging
 
 from ecg_tfx.core import storage
@@ -45,7 +44,7 @@ def run_decision(run_dirs: Sequence[str], model: keras.Model, spec: ModelSpec, d
     """The served decision: a single run's fitted `decision.json`; for an ensemble (whose members' decisions do not
     apply to their mean) or an older run, one fitted now on `data_dir`'s validation split; else the defaults."""
     path = RunFolder(run_dirs[0]).decision
-    if len(run_dirs) == 1 and tf.io.gfile.exists(path):
+    if len(run_dirs) == 1 and storage.exists(path):
         return Decision.load(path)
     what = f"an ensemble of {len(run_dirs)} runs" if len(run_dirs) > 1 else f"{run_dirs[0]} has no decision.json"
     if data_dir:
@@ -83,9 +82,9 @@ def export_run(run_dirs: str | Sequence[str], export_dir: str, model_name: str =
     model_dir = storage.join(export_dir, model_name)
     version = version or next_version(model_dir)
     final = storage.join(model_dir, str(version))
-    if tf.io.gfile.exists(final):
+    if storage.exists(final):
         raise FileExistsError(f"{final} exists; choose another --version or leave it out for the next free one")
-    tf.io.gfile.makedirs(model_dir)
+    storage.makedirs(model_dir)
     tmp = storage.temporary_name(final)
     try:
         write_saved_model(served, spec, decision, tmp, model_name)
@@ -97,8 +96,8 @@ def export_run(run_dirs: str | Sequence[str], export_dir: str, model_name: str =
             storage.write_json(storage.join(tmp, REPORT_FILE), report)
         storage.publish_dir(tmp, final)
     except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
+        if storage.exists(tmp):
+            storage.remove(tmp)
         raise
     logging.info("exported %s", final)
     return final

@@ -13,8 +13,6 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-import tensorflow as tf
-
 from ecg_tfx.core import manifest as manifest_file
 from ecg_tfx.core import storage
 from ecg_tfx.core.manifest import Manifest
@@ -44,7 +42,7 @@ LIMITS = (
 def model_card(spec: ModelSpec, decision: Decision, run_dirs: Sequence[str], data_dir: str | None) -> dict:
     """The card's facts as plain JSON, of one run or of a seed ensemble of several (`runs` names them)."""
     runs = [RunFolder(run_dir) for run_dir in run_dirs]
-    infos = [storage.read_json(run.run_info) if tf.io.gfile.exists(run.run_info) else {} for run in runs]
+    infos = [storage.read_json(run.run_info) if storage.exists(run.run_info) else {} for run in runs]
     info = infos[0]
     data_dir = data_dir or info.get("data_dir")
     limits = list(LIMITS)
@@ -81,7 +79,7 @@ def model_card(spec: ModelSpec, decision: Decision, run_dirs: Sequence[str], dat
 
 
 def _data(data_dir: str | None) -> dict | None:
-    if not data_dir or not tf.io.gfile.exists(storage.join(data_dir, manifest_file.FILENAME)):
+    if not data_dir or not storage.exists(storage.join(data_dir, manifest_file.FILENAME)):
         return None
     manifest = Manifest.load(data_dir)
     return {
@@ -94,7 +92,7 @@ def _data(data_dir: str | None) -> dict | None:
 def _test_metrics(run: RunFolder, decision: Decision, limits: list[str]) -> dict | None:
     """Per-record test metrics with CIs; the decision's only when the run was evaluated with this decision."""
     path = storage.join(run.evaluation_dir("test"), "metrics.json")
-    if not tf.io.gfile.exists(path):
+    if not storage.exists(path):
         limits.append("The run has no test metrics (metrics.json): evaluate it before relying on it.")
         return None
     result = storage.read_json(path)
@@ -178,7 +176,7 @@ def write_model_card(version_dir: str, spec: ModelSpec, decision: Decision, run_
     """Writes both files into `<version_dir>/assets.extra/`."""
     card = model_card(spec, decision, run_dirs, data_dir)
     extra = storage.join(version_dir, "assets.extra")
-    tf.io.gfile.makedirs(extra)
+    storage.makedirs(extra)
     storage.write_json(storage.join(extra, JSON_FILE), card)
     storage.write_bytes(storage.join(extra, MARKDOWN_FILE), markdown(card).encode())
 

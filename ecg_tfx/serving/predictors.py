@@ -160,8 +160,7 @@ class TFLitePredictor:
                                      "pass --allow_unusable to use it anyway")
         folder = os.path.dirname(path)
         self.spec = ModelSpec.load(folder)
-        with tf.io.gfile.GFile(path, "rb") as f:
-            self.runner = TFLiteRunner(f.read())
+        self.runner = TFLiteRunner(storage.read_bytes(path))
         self.labels, self.leads = self.spec.labels, self.spec.leads
         self.contract = InputContract.load(folder)
         self.decision = Decision.load(storage.join(folder, DECISION_FILE))
@@ -183,7 +182,7 @@ def load_predictor(path: str, allow_unusable: bool = False) -> SavedModelPredict
     storage.enable_filesystem(path)
     if path.endswith(".tflite"):
         return TFLitePredictor(path, allow_unusable)
-    if not tf.io.gfile.exists(storage.join(path, "saved_model.pb")):
+    if not storage.exists(storage.join(path, "saved_model.pb")):
         versions = list_versions(path)
         if not versions:
             raise InputError(f"{path} is neither a SavedModel, a folder of numbered versions nor a .tflite file")

@@ -140,14 +140,11 @@ def set_method_name(path: str, signature: str, method_name: str) -> None:
     """
     pb_path = storage.join(path, "saved_model.pb")
     saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(pb_path, "rb") as f:
-        saved_model.ParseFromString(f.read())
+    saved_model.ParseFromString(storage.read_bytes(pb_path))
     saved_model.meta_graphs[0].signature_def[signature].method_name = method_name
-    with tf.io.gfile.GFile(pb_path, "wb") as f:
-        f.write(compat.serialize(saved_model))
+    storage.write_bytes(pb_path, compat.serialize(saved_model))
     # fingerprint.pb hashes saved_model.pb; TF's own writer (the same call tf.saved_model.save makes) recomputes it.
-    with tf.io.gfile.GFile(storage.join(path, "fingerprint.pb"), "wb") as f:
-        f.write(fingerprinting.CreateFingerprintDef(path))
+    storage.write_bytes(storage.join(path, "fingerprint.pb"), fingerprinting.CreateFingerprintDef(path))
 
 
 def warmup_signal(spec: ModelSpec) -> np.ndarray:
@@ -176,7 +173,7 @@ def write_warmup(path: str, spec: ModelSpec, model_name: str) -> None:
             input=input_pb2.Input(example_list=input_pb2.ExampleList(examples=[tf.train.Example.FromString(
                 serialized)]))))))
     extra = storage.join(path, "assets.extra")
-    tf.io.gfile.makedirs(extra)
+    storage.makedirs(extra)
     with tf.io.TFRecordWriter(storage.join(extra, WARMUP_FILE)) as writer:
         for log in logs:
             writer.write(compat.serialize(log))

@@ -34,8 +34,7 @@ class Servable:
     @classmethod
     def load(cls, path: str, version: int, batcher: Batcher | None = None) -> Servable:
         saved_model = saved_model_pb2.SavedModel()
-        with tf.io.gfile.GFile(tf.io.gfile.join(path, "saved_model.pb"), "rb") as f:
-            saved_model.ParseFromString(f.read())
+        saved_model.ParseFromString(storage.read_bytes(storage.join(path, "saved_model.pb")))
         meta_graph = next((m for m in saved_model.meta_graphs if "serve" in m.meta_info_def.tags), None)
         if meta_graph is None:
             raise ValueError(f"{path} has no MetaGraph tagged 'serve'")
@@ -61,14 +60,14 @@ class Model:
         """Loads every integer version folder under `base_path`, whose model calls go through `batcher`; labels
         must name loaded versions."""
         storage.enable_filesystem(base_path)
-        if not tf.io.gfile.isdir(base_path):
+        if not storage.isdir(base_path):
             raise FileNotFoundError(f"model base path {base_path} does not exist")
         versions = list_versions(base_path)
         if not versions:
             raise FileNotFoundError(f"{base_path} holds no integer version folders")
         servables = {}
         for version in versions:
-            servables[version] = Servable.load(tf.io.gfile.join(base_path, str(version)), version, batcher)
+            servables[version] = Servable.load(storage.join(base_path, str(version)), version, batcher)
             logging.info("loaded %s version %d", name, version)
         labels = dict(labels or {})
         for label, version in labels.items():

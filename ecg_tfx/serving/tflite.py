@@ -206,7 +206,8 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
                                 for i in range(0, len(serialized), 32)])
     one = tf.constant(serialized[:1])
     report = {
-        "saved_model": {"size_bytes": _tree_size(path), "latency_ms_batch1": median_ms(lambda: saved(examples=one))},
+        "saved_model": {"size_bytes": storage.tree_bytes(path),
+                        "latency_ms_batch1": median_ms(lambda: saved(examples=one))},
         "preprocessing_ms_batch1": preprocessing_latencies(spec, windows[:1]),
         "interpreter": INTERPRETER,
         "agreement_split": "test",
@@ -216,7 +217,7 @@ def write_tflite(model: keras.Model, spec: ModelSpec, decision: Decision, path: 
         "tflite": {},
     }
     tflite_dir = storage.join(path, TFLITE_DIR)
-    tf.io.gfile.makedirs(tflite_dir)
+    storage.makedirs(tflite_dir)
     spec.save(tflite_dir)
     InputContract.for_spec(spec).save(tflite_dir)
     decision.save(storage.join(tflite_dir, DECISION_FILE))
@@ -309,7 +310,7 @@ def verdict_of(tflite_path: str) -> dict | None:
     no `export_report.json` beside its SavedModel names it."""
     path = tflite_path if "://" in tflite_path else os.path.abspath(tflite_path)  # s3://, gs:// or local
     report_path = storage.join(posixpath.dirname(posixpath.dirname(path)), REPORT_FILE)
-    if not tf.io.gfile.exists(report_path):
+    if not storage.exists(report_path):
         return None
     name = f"{TFLITE_DIR}/{posixpath.basename(path)}"
     entries = [e for e in storage.read_json(report_path)["tflite"].values() if e.get("file") == name]
@@ -354,9 +355,3 @@ def evaluate_variant(content: bytes, windows: np.ndarray, reference: np.ndarray,
 def _first_line(error: Exception) -> str:
     """An exception's type and the first line of its message, for a report."""
     return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-
-
-def _tree_size(path: str) -> int:
-    """Bytes of every file under `path`."""
-    return sum(tf.io.gfile.stat(storage.join(root, name)).length
-               for root, _, files in tf.io.gfile.walk(path) for name in files)

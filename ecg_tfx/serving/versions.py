@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
+from ecg_tfx.core import storage
 
 
 def list_versions(model_dir: str) -> list[int]:
     """The integer version folders under `model_dir`, ascending ([] if it does not exist)."""
-    if not tf.io.gfile.isdir(model_dir):
+    if not storage.isdir(model_dir):
         return []
-    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_dir) if name.rstrip("/").isdigit())
+    return sorted(int(name) for name in storage.listdir(model_dir) if name.isdigit())
 
 
 def next_version(model_dir: str) -> int:

@@ -33,9 +33,8 @@ class CSVLogger(keras.callbacks.CSVLogger):
         self.first_epoch = first_epoch
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        if self.first_epoch and tf.io.gfile.exists(self.filename):
-            with tf.io.gfile.GFile(self.filename) as f:
-                rows = list(csv.reader(f))
+        if self.first_epoch and storage.exists(self.filename):
+            rows = list(csv.reader(io.StringIO(storage.read_text(self.filename), newline="")))
             kept = rows[:1] + [row for row in rows[1:] if len(row) == len(rows[0]) and row[0].isdigit()
                                and int(row[0]) < self.first_epoch]
             text = io.StringIO()
@@ -102,7 +101,7 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
         if epoch < self.start_from_epoch:
             return
         super().on_epoch_end(epoch, logs)
-        if tf.io.gfile.exists(self.filepath):  # a new best was saved
+        if storage.exists(self.filepath):  # a new best was saved
             storage.publish(self.filepath, self.published_path)
 
 
@@ -140,13 +139,13 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def resume_epoch(backup_dir: str) -> int:
         """The epoch a run backed up in `backup_dir` resumes at (0: no backup, a fresh run)."""
         path = storage.join(backup_dir, _METADATA)
-        return int(storage.read_json(path)["epoch"]) if tf.io.gfile.exists(path) else 0
+        return int(storage.read_json(path)["epoch"]) if storage.exists(path) else 0
 
     @staticmethod
     def check_settings(backup_dir: str, settings: dict) -> None:
         """Raises ValueError, naming what changed, when the backup in `backup_dir` was made under other settings."""
         path = storage.join(backup_dir, _METADATA)
-        if not tf.io.gfile.exists(path):
+        if not storage.exists(path):
             return
         made_with = storage.read_json(path)["settings"]
         changed = {name: (made_with.get(name), settings.get(name)) for name in sorted(set(made_with) | set(settings))
@@ -160,7 +159,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if not self.writes:
             return
         epoch = self._current_epoch
-        tf.io.gfile.makedirs(self.backup_dir)
+        storage.makedirs(self.backup_dir)
         metadata = {"epoch": epoch, "settings": self.settings, "weights": f"epoch{epoch}.weights.h5", "callbacks": [],
                     "seed_states": [v.numpy().tolist() for v in _seed_states(self.model)]}
         self.model.save_weights(storage.join(self.backup_dir, metadata["weights"]), overwrite=True)
@@ -169,7 +168,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             if getattr(callback, "best_weights", None) is not None:
                 state["best_weights"] = f"best_weights_epoch{callback.best_epoch}.npz"
                 path = storage.join(self.backup_dir, state["best_weights"])
-                if not tf.io.gfile.exists(path):
+                if not storage.exists(path):
                     buffer = io.BytesIO()
                     np.savez(buffer, *callback.best_weights)
                     storage.write_bytes(path, buffer.getvalue())
@@ -177,9 +176,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         storage.write_json(storage.join(self.backup_dir, _METADATA), metadata)
         referenced = {metadata["weights"], _METADATA} | {s["best_weights"] for s in metadata["callbacks"]
                                                          if "best_weights" in s}
-        for name in tf.io.gfile.listdir(self.backup_dir):
+        for name in storage.listdir(self.backup_dir):
             if name not in referenced:
-                tf.io.gfile.remove(storage.join(self.backup_dir, name))
+                storage.remove(storage.join(self.backup_dir, name))
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if not self.writes:
@@ -192,7 +191,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     def _load_model(self) -> None:
         path = storage.join(self.backup_dir, _METADATA)
-        if not tf.io.gfile.exists(path):
+        if not storage.exists(path):
             return
         metadata = storage.read_json(path)
         if self.model.optimizer is not None and not self.model.optimizer.built:
@@ -204,9 +203,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             for name in _state_names(callback):
                 setattr(callback, name, state[name])
             if "best_weights" in state:
-                with tf.io.gfile.GFile(storage.join(self.backup_dir, state["best_weights"]), "rb") as f:
-                    arrays = np.load(io.BytesIO(f.read()))
-                    callback.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+                arrays = np.load(io.BytesIO(storage.read_bytes(storage.join(self.backup_dir, state["best_weights"]))))
+                callback.best_weights = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
         self.model._initial_epoch = self._current_epoch = metadata["epoch"]
 
 

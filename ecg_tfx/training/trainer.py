@@ -146,7 +146,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     chief = distribute.is_chief(strategy)
     run = RunFolder(config.run_dir)
     work_dir = run.path if chief else storage.join(run.workers, str(strategy.cluster_resolver.task_id))
-    tf.io.gfile.makedirs(work_dir)
+    storage.makedirs(work_dir)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -179,17 +179,17 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     stop = next(c for c in run_callbacks if isinstance(c, keras.callbacks.EarlyStopping))  # restored on a resume
     info["epochs_run"] = stop.stopped_epoch + 1 if stop.stopped_epoch else config.epochs
     if not chief:  # leaves nothing in the run folder
-        tf.io.gfile.rmtree(work_dir)
-        try:
-            if not tf.io.gfile.listdir(run.workers):
-                tf.io.gfile.rmtree(run.workers)
-        except tf.errors.NotFoundError:  # another worker removed it first (or the store has no folders)
+        storage.remove(work_dir)
+        try:  # another worker may have removed it first, or an object store has no folder left to list
+            if not storage.listdir(run.workers):
+                storage.remove(run.workers)
+        except (FileNotFoundError, tf.errors.NotFoundError):
             pass
         return info
     save_models(model, run)
     info = finish(config, run, model, spec, manifest, info)
-    if tf.io.gfile.exists(run.backup):  # the run folder is complete: nothing left to resume
-        tf.io.gfile.rmtree(run.backup)
+    if storage.exists(run.backup):  # the run folder is complete: nothing left to resume
+        storage.remove(run.backup)
     return info
 
 
@@ -205,7 +205,7 @@ def save_models(model: keras.Model, run: RunFolder) -> None:
     (`fine_tuning.portable`): BestCheckpoint's best.keras is rewritten when it carries a body-scaled optimizer."""
     saved = portable(model)
     save_keras(saved, run.model)
-    if not tf.io.gfile.exists(run.best):
+    if not storage.exists(run.best):
         save_keras(saved, run.best)
     elif saved is not model:
         save_keras(keras.saving.load_model(run.best, compile=False), run.best)
