@@ -216,18 +216,23 @@ def local_output(path: str, last: str = ".hea") -> Iterator[str]:
     The block writes beside the yielded path in a scratch folder (a WFDB record's .hea and .dat). When it succeeds,
     the previous `path + last` is removed, then each file is renamed (local) or copied (s3://, gs://) into `path`'s
     folder, those ending in `last` (the header a reader opens first) at the end: a kill in between leaves a record
-    without its header, never a new signal under an old header. When the block fails, nothing is published; a
-    killed one leaves its hidden scratch folder (`.ecg_tfx-*`).
+    without its header, never a new signal under an old header. When the block fails, nothing is published. A local
+    `path`'s scratch folder is `.<name>.partial/` beside it (the same disk, so files are renamed): one a killed write
+    left behind is cleared by the next write of the same record.
     """
     enable_filesystem(path)
     url = is_url(path)
     folder, name = path.rsplit("/", 1) if url else os.path.split(os.path.abspath(path))
-    if not url:
-        makedirs(folder)
-    with tempfile.TemporaryDirectory(prefix=".ecg_tfx-", dir=None if url else folder) as scratch:  # local: same disk
+    if url:
+        scratch = tempfile.mkdtemp(prefix="ecg_tfx-")
+    else:
+        scratch = os.path.join(folder, f".{name}.partial")
+        if os.path.isdir(scratch):
+            shutil.rmtree(scratch)
+        os.makedirs(scratch)
+    try:
         yield os.path.join(scratch, name)
-        if url:
-            makedirs(folder)
+        makedirs(folder)
         if exists(path + last):
             remove(path + last)
         for written in sorted(os.listdir(scratch), key=lambda file: (file.endswith(last), file)):
@@ -235,6 +240,8 @@ def local_output(path: str, last: str = ".hea") -> Iterator[str]:
                 _tf().io.gfile.copy(os.path.join(scratch, written), join(folder, written), overwrite=True)
             else:
                 os.replace(os.path.join(scratch, written), os.path.join(folder, written))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_bytes(path: str, data: bytes) -> None:

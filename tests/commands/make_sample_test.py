@@ -28,6 +28,9 @@ def test_sample_round_trips_through_wfdb(tmp_path):
 
 
 def test_a_write_that_fails_leaves_the_previous_record_whole(tmp_path, monkeypatch):
+    """...and a scratch folder a killed write left behind is cleared by the next write of the record."""
+    (tmp_path / ".af.partial").mkdir()
+    (tmp_path / ".af.partial" / "af.dat").write_bytes(b"a killed write's half")
     header = make_sample.write_sample(str(tmp_path / "af"), "atrial_fibrillation", 5.0, 360, 3)
     before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     assert header == str(tmp_path / "af.hea") and sorted(before) == ["af.dat", "af.hea"]
