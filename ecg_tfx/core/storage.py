@@ -119,10 +119,14 @@ def isdir(path: str) -> bool:
 
 
 def listdir(path: str) -> list[str]:
-    """The names in a folder (sub-folders without a trailing slash), sorted."""
-    if is_url(path):
-        return sorted(name.rstrip("/") for name in _tf().io.gfile.listdir(path))
-    return sorted(os.listdir(path))
+    """The names in a folder (sub-folders without a trailing slash), sorted; FileNotFoundError if it is missing."""
+    if not is_url(path):
+        return sorted(os.listdir(path))
+    tf = _tf()
+    try:
+        return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(path))
+    except tf.errors.NotFoundError as error:
+        raise FileNotFoundError(f"{path} does not exist") from error
 
 
 def tree_bytes(path: str) -> int:

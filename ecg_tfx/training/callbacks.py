@@ -124,7 +124,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     Without `writes` it only restores: multi-worker workers other than the chief resume from the chief's backup,
     so every replica continues from one epoch with one set of weights, wherever a kill fell between backups.
     `settings` (the run's training settings) are recorded with each backup, so a resume under other settings is
-    refused (`check_settings`) instead of ending as neither run would.
+    refused (`resume_epoch`) instead of ending as neither run would.
     """
 
     def __init__(self, backup_dir: str, stateful: Sequence[keras.callbacks.Callback] = (), keep_finished: bool = True,
@@ -136,24 +136,21 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.settings = settings or {}
 
     @staticmethod
-    def resume_epoch(backup_dir: str) -> int:
-        """The epoch a run backed up in `backup_dir` resumes at (0: no backup, a fresh run)."""
-        path = storage.join(backup_dir, _METADATA)
-        return int(storage.read_json(path)["epoch"]) if storage.exists(path) else 0
-
-    @staticmethod
-    def check_settings(backup_dir: str, settings: dict) -> None:
-        """Raises ValueError, naming what changed, when the backup in `backup_dir` was made under other settings."""
+    def resume_epoch(backup_dir: str, settings: dict) -> int:
+        """The epoch a run backed up in `backup_dir` resumes at (0: no backup, a fresh run); ValueError, naming what
+        changed, when the backup was made under other `settings`."""
         path = storage.join(backup_dir, _METADATA)
         if not storage.exists(path):
-            return
-        made_with = storage.read_json(path)["settings"]
+            return 0
+        metadata = storage.read_json(path)
+        made_with = metadata["settings"]
         changed = {name: (made_with.get(name), settings.get(name)) for name in sorted(set(made_with) | set(settings))
                    if made_with.get(name) != settings.get(name)}
         if changed:
             listed = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
             raise ValueError(f"{backup_dir} holds the backup of a run made with other training flags ({listed}): "
                              "resume it with the flags it was started with, or train into a new --run_dir")
+        return int(metadata["epoch"])
 
     def _save_model(self) -> None:
         if not self.writes:

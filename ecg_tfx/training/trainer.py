@@ -32,13 +32,13 @@ from ecg_tfx.training.fine_tuning import BodyScaledAdam, BodyScaledAdamW, Freeze
 from ecg_tfx.training.warm_start import warm_start
 
 
-def callbacks(config: TrainConfig, work_dir: str, backup_dir: str, keep_finished: bool = True,
+def callbacks(config: TrainConfig, work_dir: str, backup_dir: str, first_epoch: int = 0, keep_finished: bool = True,
               writes_backup: bool = True) -> list[keras.callbacks.Callback]:
     """The body's freezing (--freeze_epochs), the divergence check, LR schedule, early stopping, best checkpoint,
     TensorBoard, CSV log, and last the backup.
 
     `work_dir` is the run folder on the chief; other multi-worker workers get their own, removed at the end.
-    A killed run resumes from `backup_dir` with the same best score, patience count and best weights;
+    A killed run resumes from `backup_dir` (at `first_epoch`) with the same best score, patience count and best weights;
     `keep_finished`: also after training, until the run folder is complete; without `writes_backup` it only
     restores from `backup_dir` (`ResumableBackup`).
     """
@@ -57,7 +57,7 @@ def callbacks(config: TrainConfig, work_dir: str, backup_dir: str, keep_finished
         FiniteWeights(),
         *stateful,
         keras.callbacks.TensorBoard(work.logs),
-        CSVLogger(work.history, first_epoch=ResumableBackup.resume_epoch(backup_dir)),
+        CSVLogger(work.history, first_epoch=first_epoch),
         ResumableBackup(backup_dir, stateful, keep_finished, writes_backup, config.training_settings()),
     ]
 
@@ -156,8 +156,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
             "python": platform.python_version(), "data_dir": config.data_dir, "model": spec.model}
     logging.info("training %s: %s on %d replica(s), precision %s (%s)", spec.model, info["strategy"],
                  info["replicas"], precision, reason)
-    ResumableBackup.check_settings(run.backup, config.training_settings())
-    first_epoch = ResumableBackup.resume_epoch(run.backup)  # the chief's, for every worker
+    first_epoch = ResumableBackup.resume_epoch(run.backup, config.training_settings())  # the chief's, for every worker
     train_data, validation_data = datasets(config, manifest, spec, strategy, first_epoch)
     steps = {split: input_pipeline.batches_per_epoch(manifest, split, spec, config.batch_size, split == "train",
                                                      split == "train" and strategy.num_replicas_in_sync > 1)
@@ -171,7 +170,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
     if chief:
         write_run_files(run, spec, info, flags_text)
     started = time.time()
-    run_callbacks = callbacks(config, work_dir, run.backup, distribute.num_workers(strategy) == 1, chief)
+    run_callbacks = callbacks(config, work_dir, run.backup, first_epoch, distribute.num_workers(strategy) == 1, chief)
     model.fit(train_data, validation_data=validation_data, epochs=config.epochs, shuffle=False,
               steps_per_epoch=steps["train"], validation_steps=steps["validation"], callbacks=run_callbacks,
               verbose=1 if sys.stdout.isatty() else 2)
@@ -183,7 +182,7 @@ def train(config: TrainConfig, flags_text: str = "") -> dict:
         try:  # another worker may have removed it first, or an object store has no folder left to list
             if not storage.listdir(run.workers):
                 storage.remove(run.workers)
-        except (FileNotFoundError, tf.errors.NotFoundError):
+        except FileNotFoundError:
             pass
         return info
     save_models(model, run)
